@@ -1,0 +1,234 @@
+"""One typed training config: dataclass defaults < model recipe < YAML file < command-line flags.
+
+A YAML file holds hyperparameters only (hardware lives in accelerate's config). Keys are the field names
+below; a `per_model:` mapping gives per-variant overrides for multi-model runs. Any field can also be set
+from the command line as a dotted override, `--set lr=0.1 --set model_kwargs.width=64`. Unknown keys and
+bad values are errors that name the key, never silently ignored.
+
+The resolved config is written as plain YAML next to every run (`runs/NAME/config.yaml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fashiondist.errors import InputError
+
+
+class Precision(str, enum.Enum):
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class Optimizer(str, enum.Enum):
+    SGD = "sgd"  # with Nesterov momentum
+    ADAM = "adam"
+    ADAMW = "adamw"
+
+
+class Schedule(str, enum.Enum):
+    ONECYCLE = "onecycle"  # linear warmup to lr, then linear decay to 0 (airbench-style triangle)
+    COSINE = "cosine"  # linear warmup, then cosine decay to 0
+    CONSTANT = "constant"  # linear warmup, then flat
+
+
+class Tta(str, enum.Enum):
+    NONE = "none"
+    FLIP = "flip"  # average the image and its horizontal mirror
+
+
+@dataclass
+class TrainConfig:
+    model: str = "convnet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "sample"
+    val_fraction: float = 0.1  # share of the labelled images held out, stratified by class
+    epochs: int = 10
+    batch_size: int = 256  # global: per-device batch x grad_accum x world size
+    grad_accum: int = 1
+    eval_batch_size: int = 1024  # per device
+    precision: Precision = Precision.NO
+    channels_last: bool = True
+    optimizer: Optimizer = Optimizer.SGD
+    lr: float = 0.1  # peak learning rate at the global batch size above
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Schedule = Schedule.ONECYCLE
+    warmup_fraction: float = 0.2  # share of optimizer steps spent warming up
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    ema: float = 0.0  # EMA decay per optimizer step (e.g. 0.999); 0 = off
+    augment: bool = True  # random horizontal flip + translation
+    shift: int = 2  # max translation in pixels (pad + crop)
+    erase: float = 0.0  # probability of random erasing per image
+    tta: Tta = Tta.NONE
+    early_stop: int = 0  # stop after this many epochs without a better validation accuracy; 0 = off
+    seed: int = 0
+    out: str = "runs/{model}"
+    resume: str | None = None  # a `last/` directory, a run directory, or "auto"
+    log_with: str | None = None  # an accelerate tracker: tensorboard, wandb, ...
+    quiet: bool = False
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, enum.Enum) else value
+        return out
+
+    def run_dir(self) -> Path:
+        return Path(self.out.format(model=self.model))
+
+    def for_model(self, name: str) -> TrainConfig:
+        """This config for one variant of a multi-model run: the variant's `per_model` overrides applied."""
+        cfg = dataclasses.replace(self, model=name, per_model={})
+        return apply_overrides(cfg, self.per_model.get(name, {}), source=f"per_model.{name}")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "")):
+            return None
+        return _coerce(key, value, args[0])
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value.value if isinstance(value, enum.Enum) else str(value))
+        except ValueError:
+            choices = ", ".join(m.value for m in hint)
+            raise InputError(f"config key {key!r}: {value!r} is not one of {choices}") from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise InputError(f"config key {key!r}: {value!r} is not a boolean (true/false)")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise InputError(f"config key {key!r}: {value!r} is not a number")
+        try:
+            number = float(value) if hint is float else int(value)
+        except (TypeError, ValueError):
+            raise InputError(f"config key {key!r}: {value!r} is not {'a number' if hint is float else 'an integer'}") from None
+        return number
+    if hint is str:
+        return str(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str = "override") -> TrainConfig:
+    """Return a copy of `cfg` with `overrides` applied. Keys may be dotted (`model_kwargs.width`)."""
+    cfg = dataclasses.replace(cfg, model_kwargs=dict(cfg.model_kwargs), per_model=dict(cfg.per_model))
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head not in _FIELDS:
+            known = ", ".join(sorted(_FIELDS))
+            raise InputError(f"{source}: unknown config key {key!r}", hint=f"known keys: {known}")
+        if rest:
+            if _HINTS[head] is not dict[str, Any] and typing.get_origin(_HINTS[head]) is not dict:
+                raise InputError(f"{source}: config key {head!r} has no sub-keys (got {key!r})")
+            getattr(cfg, head)[rest] = value
+            continue
+        setattr(cfg, head, _coerce(key, value, _HINTS[head]))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.epochs >= 1, "epochs", "must be at least 1"),
+        (cfg.batch_size >= 1, "batch_size", "must be at least 1"),
+        (cfg.grad_accum >= 1, "grad_accum", "must be at least 1"),
+        (cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1"),
+        (0.0 < cfg.val_fraction < 1.0, "val_fraction", "must be between 0 and 1"),
+        (cfg.lr > 0, "lr", "must be positive"),
+        (0.0 <= cfg.warmup_fraction < 1.0, "warmup_fraction", "must be in [0, 1)"),
+        (0.0 <= cfg.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)"),
+        (0.0 <= cfg.ema < 1.0, "ema", "must be in [0, 1)"),
+        (0.0 <= cfg.erase <= 1.0, "erase", "must be in [0, 1]"),
+        (cfg.shift >= 0, "shift", "must be >= 0"),
+        (cfg.early_stop >= 0, "early_stop", "must be >= 0"),
+    ]
+    for ok, key, problem in checks:
+        if not ok:
+            raise InputError(f"config key {key!r}: {getattr(cfg, key)!r} {problem}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f", line {line + 1}" if line is not None else ""
+        raise InputError(f"{path}{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a config file must be a mapping of keys to values")
+    return data
+
+
+def parse_set_options(pairs: list[str]) -> dict[str, Any]:
+    """`["lr=0.1", "model_kwargs.width=64"]` -> `{"lr": 0.1, "model_kwargs.width": 64}`."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set lr=0.05")
+        out[key.strip()] = _parse_scalar(value)
+    return out
+
+
+def resolve_config(
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults < `recipe` (a model's own defaults) < YAML file < flags (None values are 'not given')."""
+    cfg = TrainConfig()
+    if recipe:
+        cfg = apply_overrides(cfg, recipe, source="model recipe")
+    if config_file is not None:
+        cfg = apply_overrides(cfg, load_yaml(config_file), source=str(config_file))
+    if flags:
+        cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, source="command line")
+    return cfg
+
+
+def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
+    import os
+
+    import yaml
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)

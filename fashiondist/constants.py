@@ -1,0 +1,45 @@
+"""Torch-free facts shared by every stage: image shape, class names, normalisation, CSV column names."""
+
+from __future__ import annotations
+
+IMAGE_HEIGHT = 28
+IMAGE_WIDTH = 28
+IMAGE_CHANNELS = 1
+IMAGE_SHAPE = (IMAGE_CHANNELS, IMAGE_HEIGHT, IMAGE_WIDTH)  # C, H, W as the models and the ONNX contract take it
+NUM_PIXELS = IMAGE_HEIGHT * IMAGE_WIDTH  # 784 pixel columns in a competition CSV
+PIXEL_MAX = 255
+
+# Fashion-MNIST's 60k training images, on the 0..255 pixel scale (0.2860 and 0.3530 on the 0..1 scale).
+PIXEL_MEAN = 72.9404
+PIXEL_STD = 90.0212
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+# Competition CSV: `Id, Label, <784 pixels>` for training, `Id, <784 pixels>` for test. Pixels are read by
+# position, never by name: the competition's train file named them 1..784 and its test file 0..783.
+ID_COLUMN = "Id"
+LABEL_COLUMN = "Label"
+SUBMISSION_COLUMNS = (ID_COLUMN, LABEL_COLUMN)
+
+# ONNX contract (SPEC.md): uint8 `pixels` [N, 1, 28, 28] in, float32 `probs` [N, K] out.
+ONNX_INPUT_NAME = "pixels"
+ONNX_OUTPUT_NAME = "probs"
+ONNX_LOGITS_NAME = "logits"
+
+
+def class_names_for(num_classes: int) -> tuple[str, ...]:
+    """Fashion-MNIST's names for 10 classes; plain "0".."K-1" for any other relabelling (the 5-class CSV)."""
+    if num_classes == len(FASHION_MNIST_CLASSES):
+        return FASHION_MNIST_CLASSES
+    return tuple(str(k) for k in range(num_classes))
