@@ -1,0 +1,82 @@
+"""Small building blocks shared by the model families."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fashiondist.errors import InputError
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with a cheaper mask than `nn.Dropout` on the CPU; the identity in eval mode.
+
+    torch's CPU dropout draws its mask with `bernoulli_`, one generator call per element: ~8.8 ms of a
+    20.9 ms bf16 training step of cnn-dropout (batch 128, 2 cores); this module's forward + backward is about
+    10x cheaper (0.8 ms vs 8.2 ms on [128, 32, 13, 13] bf16). Here one 64-bit draw gives 8 random bytes,
+    and a byte below `round(256 p)` drops its element, so the drop probability is p rounded to 1/256 and the
+    scale is exact for it (E[output] = x). The mask keeps x's dtype and memory format (bf16, channels_last).
+    On GPUs torch's fused dropout is already fast and is used as is. In eval mode the module returns its
+    input, so an exported graph has no dropout node.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise InputError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.threshold = round(256 * p)  # drop where the random byte < threshold
+        self.scale = 256 / (256 - self.threshold)  # 1 / P(keep)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        # uint8 -> float32 casts and in-place float ops are vectorised on the CPU; uint8 compares and
+        # bool/uint8 -> bf16 casts are not, so the mask is built in float32 and cast once.
+        keep = random_bytes_like(x).to(torch.float32).ge_(self.threshold).mul_(self.scale)
+        return x * keep.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def random_bytes_like(x: Tensor) -> Tensor:
+    """Uniform random uint8 of x's shape, laid out like x when x is dense (contiguous or channels_last)."""
+    n = x.numel()
+    # random_ over the full int64 range gives 64 uniform bits; plain random_() leaves the top bit 0.
+    words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
+    flat = words.view(torch.uint8)[:n]
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return flat.as_strided(x.shape, x.stride())
+    return flat.view(x.shape)
+
+
+def keras_init(model: nn.Module, kernel: str = "glorot_uniform") -> nn.Module:
+    """Initialise conv and dense layers as Keras does (its kernel initializer, zero biases).
+
+    The seed-faithful variants use it so they start where the notebook's models started; torch's default
+    (kaiming-uniform with a=sqrt(5), uniform biases) is smaller for wide layers.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            if kernel == "glorot_uniform":
+                nn.init.xavier_uniform_(module.weight)
+            elif kernel == "he_normal":
+                # std sqrt(2 / fan_in); Keras also truncates at 2 std, which changes little and costs seconds
+                # (erfinv) on the 11M weights of the Keras ResNet.
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            else:
+                raise ValueError(f"unknown Keras initializer {kernel!r}")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def scaled(widths: tuple[int, ...] | list[int], width: float) -> tuple[int, ...]:
+    """Channel counts times a width multiplier, at least 8 each (a `width` kwarg scales a whole family)."""
+    if width <= 0:
+        raise InputError(f"model option width must be positive, got {width}")
+    return tuple(max(8, round(w * width)) for w in widths)
