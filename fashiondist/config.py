@@ -1,7 +1,8 @@
 """One typed training config: dataclass defaults < model recipe < YAML file < command-line flags.
 
 A YAML file holds hyperparameters only (hardware lives in accelerate's config). Keys are the field names
-below; a `per_model:` mapping gives per-variant overrides for multi-model runs. Any field can also be set
+below, plus two keys for multi-model runs: `models:` (the variants to train, when the command line names
+none) and `per_model:` (a mapping from variant name to its own overrides). Any field can also be set
 from the command line as a dotted override, `--set lr=0.1 --set model_kwargs.width=64`. Unknown keys and
 bad values are errors that name the key, never silently ignored.
 
@@ -54,7 +55,7 @@ class TrainConfig:
     batch_size: int = 256  # global: per-device batch x grad_accum x world size
     grad_accum: int = 1
     eval_batch_size: int = 1024  # per device
-    precision: Precision = Precision.NO
+    precision: Precision | None = None  # None: the launcher's setting (accelerate config), else "no"
     channels_last: bool = True
     optimizer: Optimizer = Optimizer.SGD
     lr: float = 0.1  # peak learning rate at the global batch size above
@@ -75,7 +76,6 @@ class TrainConfig:
     resume: str | None = None  # a `last/` directory, a run directory, or "auto"
     log_with: str | None = None  # an accelerate tracker: tensorboard, wandb, ...
     quiet: bool = False
-    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -86,11 +86,6 @@ class TrainConfig:
 
     def run_dir(self) -> Path:
         return Path(self.out.format(model=self.model))
-
-    def for_model(self, name: str) -> TrainConfig:
-        """This config for one variant of a multi-model run: the variant's `per_model` overrides applied."""
-        cfg = dataclasses.replace(self, model=name, per_model={})
-        return apply_overrides(cfg, self.per_model.get(name, {}), source=f"per_model.{name}")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -143,7 +138,7 @@ def _parse_scalar(text: str) -> Any:
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str = "override") -> TrainConfig:
     """Return a copy of `cfg` with `overrides` applied. Keys may be dotted (`model_kwargs.width`)."""
-    cfg = dataclasses.replace(cfg, model_kwargs=dict(cfg.model_kwargs), per_model=dict(cfg.per_model))
+    cfg = dataclasses.replace(cfg, model_kwargs=dict(cfg.model_kwargs))
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if head not in _FIELDS:
@@ -208,19 +203,47 @@ def parse_set_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def resolve_config(
+    model: str | None = None,
     config_file: str | Path | None = None,
     flags: dict[str, Any] | None = None,
-    recipe: dict[str, Any] | None = None,
+    recipe_for=None,
 ) -> TrainConfig:
-    """Defaults < `recipe` (a model's own defaults) < YAML file < flags (None values are 'not given')."""
-    cfg = TrainConfig()
-    if recipe:
-        cfg = apply_overrides(cfg, recipe, source="model recipe")
-    if config_file is not None:
-        cfg = apply_overrides(cfg, load_yaml(config_file), source=str(config_file))
-    if flags:
-        cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, source="command line")
+    """The config of one run: defaults < the model's recipe < YAML file < its `per_model` entry < flags.
+
+    `model` names the variant (else the file's or the default); `recipe_for(name)` returns that variant's
+    recipe (the models registry's `model_recipe`; passed in because this base module imports no stage).
+    Flags whose value is None were not given.
+    """
+    data = load_yaml(config_file) if config_file is not None else {}
+    source = str(config_file)
+    data.pop("models", None)  # the variants of a multi-model run: read by the CLI (`sweep_models`)
+    per_model = data.pop("per_model", None) or {}
+    if not isinstance(per_model, dict):
+        raise InputError(f"{source}: per_model must map model names to overrides")
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    name = model or flags.get("model") or data.get("model") or TrainConfig.model
+    cfg = TrainConfig(model=name)
+    if recipe_for is not None:
+        cfg = apply_overrides(cfg, recipe_for(name), source=f"model recipe of {name}")
+    cfg = apply_overrides(cfg, data, source=source)
+    cfg = apply_overrides(cfg, per_model.get(name, {}), source=f"{source}: per_model.{name}")
+    cfg = apply_overrides(cfg, flags, source="command line")
+    cfg.model = name
     return cfg
+
+
+def sweep_models(config_file: str | Path | None) -> list[str] | None:
+    """The `models:` list of a config file, if it has one."""
+    if config_file is None:
+        return None
+    models = load_yaml(config_file).get("models")
+    if models is None:
+        return None
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise InputError(f"{config_file}: models must be a list of model names")
+    return models
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:

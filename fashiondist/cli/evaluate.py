@@ -1,0 +1,46 @@
+"""`fashiondist evaluate`: the full report (sklearn metrics, confusion matrix, ROC, plots) for saved models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fashiondist.cli._common import DATA_HELP, formatter, stdout_console
+
+EXAMPLES = """\
+examples:
+  fashiondist evaluate runs/convnet                  # a run: its saved validation predictions
+  fashiondist evaluate runs/sweep                    # every run of a multi-model run, with the leaderboard
+  fashiondist evaluate runs/convnet/best --data holdout.csv --out runs/convnet-holdout
+                                                     # a checkpoint on other labelled data (all its rows)
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="report accuracy, F1, per-class metrics, confusion matrix and ROC AUC of saved models",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=formatter(),
+    )
+    p.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, a multi-model parent, or a checkpoint")
+    p.add_argument("--data", metavar="SOURCE", help=f"evaluate the checkpoint on every labelled image of this source; {DATA_HELP}")
+    p.add_argument("--out", help="where a --data evaluation writes its report (default: PATH-eval)")
+    p.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fashiondist.evaluation.sweep import evaluate_path, report_run
+
+    console = stdout_console()
+    if args.data is None:
+        evaluate_path(args.path, console)
+        return 0
+    from fashiondist.engine.predict import predict_checkpoint
+
+    out = Path(args.out or f"{Path(args.path).resolve()}-eval")
+    predict_checkpoint(args.path, args.data, out, batch_size=args.batch_size)
+    report_run(out, console)
+    return 0

@@ -1,0 +1,56 @@
+"""The main job, stage after stage: train each variant -> evaluate and select -> export the best -> infer.
+
+Every process of a launched group trains (DDP); the report, export and inference run on the main process
+only, after the others are done with their training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from fashiondist.cli._common import stdout_console
+from fashiondist.config import TrainConfig
+
+
+def run_pipeline(configs: list[TrainConfig], parent: Path | None, test_csv: str | None = None) -> int:
+    from fashiondist.data.sources import load_data
+    from fashiondist.engine.progress import TrainProgress
+    from fashiondist.engine.trainer import Trainer, make_accelerator
+
+    accelerator = make_accelerator(configs[0], project_dir=parent or configs[0].run_dir())
+    console = Console(stderr=True)
+    progress = TrainProgress(enabled=accelerator.is_main_process, quiet=configs[0].quiet, console=console)
+    data = load_data(configs[0].data)
+    results = []
+    with progress:
+        for cfg in configs:
+            if cfg.log_with:
+                accelerator.init_trackers(cfg.model, config=cfg.to_dict())
+            result = Trainer(cfg, accelerator, data, progress).run()
+            if cfg.log_with:
+                accelerator.end_training()
+            accelerator.free_memory()
+            results.append(result)
+            if result.preempted_by:
+                return 0
+    if not accelerator.is_main_process:
+        return 0
+    out = stdout_console()
+    if parent is None:
+        r = results[0]
+        out.print(
+            f"{r.model}: best validation accuracy {r.best_val_acc:.4f} at epoch {r.best_epoch}/{r.epochs_done}, "
+            f"{r.images_per_s:,.0f} images/s, {r.train_seconds:.1f} s of training -> {r.run_dir}"
+        )
+        return 0
+    return _select_and_ship(results, parent, data, test_csv, out, console)
+
+
+def _select_and_ship(results, parent: Path, data, test_csv, out: Console, console: Console) -> int:
+    from fashiondist.evaluation.sweep import report_sweep
+
+    _, best = report_sweep(parent, [r.run_dir for r in results], out)
+    out.print(f"best: {best.name} -> {parent / 'best.json'}")
+    return 0

@@ -1,0 +1,130 @@
+"""`fashiondist train`: train one variant, or several one after another, then select, report and export."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fashiondist.cli._common import add_data_option, formatter
+from fashiondist.config import Optimizer, Precision, Schedule, Tta
+from fashiondist.models.registry import list_models
+
+EXAMPLES = """\
+examples:
+  fashiondist train                                  # the default model (convnet) on the bundled sample
+  fashiondist train --model cnn-dropout --epochs 5 --precision bf16
+  fashiondist train --models all --config launch/experiments/demo.yaml --test testX.csv
+  fashiondist train --model convnet --data ../data/fashion-mnist --set model_kwargs.width=1.5
+  fashiondist train --model convnet --resume auto    # continue runs/convnet/last if it is there
+
+  accelerate launch --multi_gpu --num_processes 4 -m fashiondist train --model resnet9 --precision bf16
+  ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m fashiondist train --model cnn
+  torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+      -m fashiondist train --config launch/experiments/fashion-mnist-best.yaml
+
+precedence: defaults < the model's recipe (`fashiondist models`) < --config YAML < its per_model entry
+< command-line flags. The global batch (--batch-size) stays the same whatever the number of processes:
+per-device batch = batch size / (grad accum x processes).
+SIGTERM or SIGUSR1 saves OUT/last at the next step and exits 0; rerun with --resume auto to continue.
+"""
+
+# CLI flag -> TrainConfig key, for the flags that map one to one.
+_FLAG_KEYS = (
+    "data", "epochs", "batch_size", "grad_accum", "precision", "lr", "optimizer", "schedule", "label_smoothing",
+    "ema", "augment", "seed", "val_fraction", "out", "resume", "log_with", "quiet", "tta", "early_stop",
+)  # fmt: skip
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train one or more model variants (DDP-ready under accelerate launch / torchrun)",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=formatter(),
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", choices=list_models(), help="the variant to train (default: convnet)")
+    which.add_argument(
+        "--models",
+        metavar="A,B,...|all",
+        help=f"train several variants one after another, pick the best on validation, report and export; "
+        f"choices: {', '.join(list_models())}, or all",
+    )
+    add_data_option(p, default=None)
+    p.add_argument("--epochs", type=int, help="passes over the training split")
+    p.add_argument("--batch-size", type=int, help="GLOBAL batch size (all processes and accumulation steps)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches accumulated per optimizer step")
+    p.add_argument("--precision", choices=[m.value for m in Precision], help="mixed precision (bf16 works on the CPU too); default: the accelerate launch setting, else no")
+    p.add_argument("--lr", type=float, help="peak learning rate at the given global batch size")
+    p.add_argument("--optimizer", choices=[m.value for m in Optimizer])
+    p.add_argument("--schedule", choices=[m.value for m in Schedule], help="learning-rate shape after warmup")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--ema", type=float, metavar="DECAY", help="evaluate and save an EMA of the weights (e.g. 0.999)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random flip + translation")
+    p.add_argument("--tta", choices=[m.value for m in Tta], help="test-time augmentation at evaluation")
+    p.add_argument("--early-stop", type=int, metavar="EPOCHS", help="stop after this many epochs without improvement")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-fraction", type=float, help="share of labelled images held out for validation")
+    p.add_argument("--out", help="run directory (one model; default runs/MODEL) or parent directory (--models; default runs/sweep)")
+    p.add_argument("--resume", metavar="PATH|auto", help="continue from a last/ checkpoint; auto: OUT/last when present")
+    p.add_argument("--config", metavar="FILE.yaml", help="hyperparameters from a YAML file (see launch/experiments/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. --set model_kwargs.width=2")
+    p.add_argument("--log-with", help="an accelerate tracker (tensorboard, wandb, mlflow, ...)")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress bar; one line per epoch (for log files)")
+    p.add_argument("--test", metavar="CSV", help="with --models: write OUT/submission.csv for this testX.csv with the best model")
+    p.set_defaults(func=run)
+
+
+def _model_names(args: argparse.Namespace) -> tuple[list[str], bool]:
+    """The variants to train, and whether this is a multi-model run."""
+    from fashiondist.config import sweep_models
+    from fashiondist.errors import InputError
+
+    if args.models:
+        names = list_models() if args.models.strip() == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
+    elif args.model:
+        return [args.model], False
+    else:
+        names = sweep_models(args.config)
+        if not names:
+            return [None], False
+    unknown = [n for n in names if n not in list_models()]
+    if unknown or not names:
+        raise InputError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}", hint=f"choose from {', '.join(list_models())} or all")
+    return list(dict.fromkeys(names)), True
+
+
+def run(args: argparse.Namespace) -> int:
+    from fashiondist.config import parse_set_options, resolve_config
+    from fashiondist.errors import InputError
+    from fashiondist.models.registry import model_recipe
+
+    names, multi = _model_names(args)
+    if args.test and not multi:
+        raise InputError("--test needs --models (the multi-model run exports its best variant and infers with it)")
+    flags = {key: getattr(args, key) for key in _FLAG_KEYS}
+    flags.update(parse_set_options(args.set))
+    parent = None
+    if multi:
+        parent = Path(flags.pop("out") or "runs/sweep")
+    configs = []
+    for name in names:
+        cfg = resolve_config(name, args.config, flags, recipe_for=model_recipe)
+        if parent is not None:
+            cfg.out = str(parent / cfg.model)
+        configs.append(cfg)
+    _check_sweep_wide(configs)
+    from fashiondist.cli.pipeline import run_pipeline
+
+    return run_pipeline(configs, parent, test_csv=args.test)
+
+
+def _check_sweep_wide(configs) -> None:
+    """Settings fixed for a process's life (its Accelerator) must agree across the variants of one run."""
+    from fashiondist.errors import InputError
+
+    for key in ("precision", "log_with", "data"):
+        values = {str(getattr(c, key)) for c in configs}
+        if len(values) > 1:
+            raise InputError(f"{key} must be the same for every variant of one run, got {', '.join(sorted(values))}")

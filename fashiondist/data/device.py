@@ -1,0 +1,196 @@
+"""Device-resident batches and on-device augmentation (airbench style).
+
+Small datasets live on the device: the uint8 images move there once (47 MB for all of Fashion-MNIST), every
+epoch draws one permutation from (seed, epoch), and a batch is a slice of it. Augmentation parameters
+(flip, translation, erasing box) are drawn per *sample* from the same (seed, epoch) generator, for the whole
+epoch at once, and applied to whole batches with tensor ops, so the hot loop has no per-sample Python.
+
+Because the permutation and the augmentation depend only on (seed, epoch) and a sample's position in the
+epoch, every rank draws the same plan and takes its own shard of each global batch: a 2-rank run sees
+exactly the images, in exactly the augmented form, that a 1-process run at the same global batch sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
+
+# A run's seed and an epoch index mix into one generator seed; the multiplier keeps (seed, epoch) pairs apart.
+_EPOCH_STRIDE = 1_000_003
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * _EPOCH_STRIDE + epoch)
+
+
+@dataclass(frozen=True)
+class AugmentPlan:
+    """Per-sample augmentation parameters for one epoch, indexed by position in the epoch's permutation."""
+
+    flip: torch.Tensor  # bool [N]
+    dy: torch.Tensor  # int64 [N], translation in pixels, in [-shift, shift]
+    dx: torch.Tensor  # int64 [N]
+    erase_box: torch.Tensor  # int64 [N, 4]: y0, x0, y1, x1; an empty box (y0 == y1) erases nothing
+
+    def take(self, positions: slice) -> AugmentPlan:
+        return AugmentPlan(
+            self.flip[positions], self.dy[positions], self.dx[positions], self.erase_box[positions]
+        )
+
+    def to(self, device: torch.device) -> AugmentPlan:
+        return AugmentPlan(
+            *(t.to(device, non_blocking=True) for t in (self.flip, self.dy, self.dx, self.erase_box))
+        )
+
+
+def draw_augment_plan(
+    n: int, generator: torch.Generator, flip: bool, shift: int, erase: float
+) -> AugmentPlan:
+    """Draw every sample's augmentation for one epoch on the CPU (cheap: a few int tensors of length n)."""
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    if shift > 0:
+        dy = torch.randint(-shift, shift + 1, (n,), generator=generator)
+        dx = torch.randint(-shift, shift + 1, (n,), generator=generator)
+    else:
+        dy = dx = torch.zeros(n, dtype=torch.int64)
+    box = torch.zeros(n, 4, dtype=torch.int64)
+    if erase > 0:
+        # Random erasing: a box of 1/16 to 1/4 of the image side squared, anywhere, with probability `erase`.
+        apply = torch.rand(n, generator=generator) < erase
+        h = torch.randint(IMAGE_HEIGHT // 4, IMAGE_HEIGHT // 2 + 1, (n,), generator=generator)
+        w = torch.randint(IMAGE_WIDTH // 4, IMAGE_WIDTH // 2 + 1, (n,), generator=generator)
+        y0 = (torch.rand(n, generator=generator) * (IMAGE_HEIGHT - h + 1)).long()
+        x0 = (torch.rand(n, generator=generator) * (IMAGE_WIDTH - w + 1)).long()
+        box = torch.stack([y0, x0, y0 + h * apply, x0 + w * apply], dim=1)
+    return AugmentPlan(flips, dy, dx, box)
+
+
+def apply_augment(images: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
+    """Augment a uint8 batch [B, 1, H, W] on its device with one gather: flip, translate (zero fill), erase."""
+    b, _, h, w = images.shape
+    device = images.device
+    rows = torch.arange(h, device=device)
+    cols = torch.arange(w, device=device)
+    # Source row/column of every output pixel; translation reads outside the image, which becomes zero.
+    src_rows = rows[None, :] - plan.dy[:, None]  # [B, H]
+    src_cols = cols[None, :] - plan.dx[:, None]  # [B, W]
+    src_cols = torch.where(plan.flip[:, None], w - 1 - src_cols, src_cols)
+    inside = ((src_rows >= 0) & (src_rows < h))[:, :, None] & ((src_cols >= 0) & (src_cols < w))[:, None, :]
+    batch = torch.arange(b, device=device)[:, None, None]
+    out = images[
+        batch, 0, src_rows.clamp(0, h - 1)[:, :, None], src_cols.clamp(0, w - 1)[:, None, :]
+    ]  # [B, H, W]
+    y0, x0, y1, x1 = plan.erase_box.unbind(1)
+    erased = ((rows[None, :] >= y0[:, None]) & (rows[None, :] < y1[:, None]))[:, :, None] & (
+        (cols[None, :] >= x0[:, None]) & (cols[None, :] < x1[:, None])
+    )[:, None, :]
+    out = out * (inside & ~erased)
+    return out[:, None]  # [B, 1, H, W]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a global batch splits: global = per_device x grad_accum x world_size."""
+
+    global_batch: int
+    per_device: int
+    grad_accum: int
+    world_size: int
+
+    @classmethod
+    def of(cls, global_batch: int, grad_accum: int, world_size: int) -> Layout:
+        from fashiondist.errors import InputError
+
+        per_step = grad_accum * world_size
+        if global_batch % per_step:
+            raise InputError(
+                f"--batch-size {global_batch} does not divide into --grad-accum {grad_accum} x "
+                f"{world_size} process(es)",
+                hint=f"use a multiple of {per_step}",
+            )
+        return cls(global_batch, global_batch // per_step, grad_accum, world_size)
+
+
+class TrainBatches:
+    """One rank's training micro-batches: uint8 images live on `device`, batches are shards of global batches.
+
+    Each epoch keeps floor(N / global_batch) full global batches and drops the rest of the permutation, so
+    every optimizer step sees exactly `global_batch` images and no accumulation window is ever partial. The
+    dropped tail is different every epoch (a fresh permutation), so no image is left out for good.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        layout: Layout,
+        rank: int,
+        device: torch.device,
+        seed: int,
+        augment: bool,
+        shift: int,
+        erase: float,
+    ):
+        if len(images) < layout.global_batch:
+            from fashiondist.errors import InputError
+
+            raise InputError(
+                f"--batch-size {layout.global_batch} is larger than the {len(images)} training images",
+                hint="use a smaller --batch-size or more data",
+            )
+        self.images = torch.tensor(images, device=device).unsqueeze(1)  # [N, 1, H, W] uint8, copied once
+        self.labels = torch.as_tensor(labels, dtype=torch.int64, device=device)
+        self.layout = layout
+        self.rank = rank
+        self.device = device
+        self.seed = seed
+        self.augment = augment
+        self.shift = shift if augment else 0
+        self.erase = erase if augment else 0.0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch."""
+        return len(self.images) // self.layout.global_batch
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield this rank's (uint8 images [b,1,H,W], labels [b]) micro-batches, from optimizer step `start_step`."""
+        gen = epoch_generator(self.seed, epoch)
+        n = len(self.images)
+        order = torch.randperm(n, generator=gen)
+        plan = draw_augment_plan(n, gen, flip=self.augment, shift=self.shift, erase=self.erase)
+        lay = self.layout
+        order = order.to(self.device, non_blocking=True)
+        plan = plan.to(self.device)
+        for step in range(start_step, self.steps_per_epoch):
+            for micro in range(lay.grad_accum):
+                # Global batch `step` is positions [step*G, (step+1)*G); it splits as [grad_accum, world, per_device].
+                start = step * lay.global_batch + (micro * lay.world_size + self.rank) * lay.per_device
+                positions = slice(start, start + lay.per_device)
+                index = order[positions]
+                x = self.images[index]
+                if self.augment:
+                    x = apply_augment(x, plan.take(positions))
+                yield x, self.labels[index]
+
+
+def shard_for_eval(n: int, rank: int, world_size: int) -> tuple[torch.Tensor, int]:
+    """Indices of rank's evaluation shard, padded so every rank holds the same count (gather needs it).
+
+    Rank r takes the contiguous block [r*S, (r+1)*S) with S = ceil(n / world); positions past n repeat the last
+    sample. Gathering the shards rank-major and keeping the first n entries gives every sample exactly once,
+    in order, for any world size (what `gather_for_metrics` does for a prepared DataLoader).
+    Returns (indices [S], number of real samples in this shard).
+    """
+    per_rank = -(-n // world_size)
+    index = torch.arange(rank * per_rank, (rank + 1) * per_rank)
+    real = int((index < n).sum())
+    return index.clamp(max=n - 1), real

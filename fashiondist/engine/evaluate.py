@@ -1,0 +1,67 @@
+"""Evaluation on every rank: each rank predicts its shard, the shards are gathered, every sample counts once.
+
+Test-time policy (flip averaging) is `predict_probs`, a function of its own, never inside a model's forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fashiondist.config import Tta
+from fashiondist.data.device import shard_for_eval
+
+
+@torch.no_grad()
+def predict_probs(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    tta: Tta = Tta.NONE,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> torch.Tensor:
+    """Class probabilities float32 [M, K] for uint8 images [M, 1, H, W] (on the model's device)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size]
+        with autocast or contextlib.nullcontext():
+            probs = model(x).float().softmax(dim=1)
+            if tta is Tta.FLIP:
+                probs = 0.5 * (probs + model(x.flip(3)).float().softmax(dim=1))
+        out.append(probs)
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@dataclass
+class EvalResult:
+    probs: np.ndarray  # float32 [M, K], in validation-set order
+    labels: np.ndarray  # int64 [M]
+    loss: float  # mean negative log-likelihood
+    accuracy: float
+
+    @property
+    def count(self) -> int:
+        return len(self.labels)
+
+
+def evaluate(accelerator, model, images: torch.Tensor, labels: torch.Tensor, batch_size: int, tta: Tta) -> EvalResult:
+    """Every rank predicts its padded shard; gather and keep the first M rows, so the count is exact.
+
+    We do not use a DataLoader (the data already lives on the device), so `gather_for_metrics` cannot know the
+    padding; `shard_for_eval` pads the same way it would, and the trim below drops exactly the padding.
+    """
+    n = len(labels)
+    index, _ = shard_for_eval(n, accelerator.process_index, accelerator.num_processes)
+    index = index.to(images.device)
+    probs = predict_probs(model, images[index], batch_size, tta, accelerator.autocast())
+    gathered_probs = accelerator.gather(probs)[:n].cpu()
+    gathered_labels = accelerator.gather(labels[index])[:n].cpu()
+    nll = -torch.log(gathered_probs.gather(1, gathered_labels[:, None]).clamp_min(1e-12)).mean()
+    accuracy = (gathered_probs.argmax(1) == gathered_labels).double().mean()
+    return EvalResult(gathered_probs.numpy(), gathered_labels.numpy(), float(nll), float(accuracy))

@@ -1,0 +1,61 @@
+"""Predictions of a saved checkpoint on a labelled data source, written as a run directory the evaluation
+stage reads (`fashiondist evaluate CHECKPOINT --data SOURCE`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashiondist import __version__
+from fashiondist.config import Tta
+from fashiondist.data.sources import load_data
+from fashiondist.engine.checkpoint import write_json
+from fashiondist.engine.evaluate import predict_probs
+from fashiondist.errors import InputError
+from fashiondist.models.checkpoint import load_model, resolve_model_dir
+from fashiondist.models.complexity import count_parameters, macs_per_image
+
+
+def predict_checkpoint(checkpoint: str | Path, data_spec: str, out: Path, batch_size: int = 1024) -> Path:
+    """Predict every labelled image of `data_spec` with `checkpoint`; write `out` as an evaluable run dir."""
+    model, meta = load_model(checkpoint)
+    data = load_data(data_spec)
+    if data.labels is None:
+        raise InputError(f"--data {data_spec}: has no labels to evaluate against")
+    if data.num_classes > meta["num_classes"]:
+        raise InputError(
+            f"--data {data_spec}: labels reach {data.num_classes - 1}, the model {checkpoint} knows "
+            f"{meta['num_classes']} classes"
+        )
+    tta = Tta(meta.get("tta", Tta.NONE.value))
+    images = torch.as_tensor(np.ascontiguousarray(data.images)).unsqueeze(1)  # [N, 1, H, W] uint8
+    probs = predict_probs(model, images, batch_size, tta)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "val_predictions.tmp.npz"
+    np.savez_compressed(tmp, y_true=data.labels.astype(np.int64), probs=probs.numpy().astype(np.float32))
+    tmp.replace(out / "val_predictions.npz")
+    run_dir = resolve_model_dir(checkpoint).parent
+    history = run_dir / "metrics.jsonl"
+    if history.is_file():  # the checkpoint's own training curves, when it came from a run directory
+        shutil.copyfile(history, out / "metrics.jsonl")
+    else:
+        (out / "metrics.jsonl").write_text("")
+    write_json(out / "summary.json", {
+        "model": meta["name"],
+        "model_kwargs": meta["kwargs"],
+        "params": count_parameters(model),
+        "macs": macs_per_image(model),
+        "train_seconds": None,
+        "images_per_s": None,
+        "best_epoch": meta.get("epoch"),
+        "epochs": meta.get("epoch"),
+        "num_classes": meta["num_classes"],
+        "class_names": meta["class_names"],
+        "evaluated_on": data_spec,
+        "checkpoint": str(checkpoint),
+        "version": __version__,
+    })  # fmt: skip
+    return out
