@@ -1,0 +1,154 @@
+"""`fashiondist infer`: a Kaggle submission from a competition CSV and an exported ONNX model.
+
+Runs on onnxruntime alone: this module and everything it imports are torch-free, so the command starts in a
+fraction of a second and works where only numpy, pyarrow and onnxruntime are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from fashiondist.cli._common import formatter
+from fashiondist.inference.providers import PROVIDER_CHOICES
+
+DESCRIPTION = """\
+Predict every row of a competition CSV with an exported ONNX model and write a submission CSV:
+`Id,Label`, one row per input row, in input order (add the class probabilities with --probs).
+The CSV is read in chunks, so memory stays bounded for any number of rows; a malformed row stops the
+run with one line naming the file, line and column, and no output file is written.
+
+examples:
+  fashiondist infer testX.csv --model model.onnx --out submission.csv
+  fashiondist infer testX.csv.gz --model runs/sweep/model.onnx --probs --out probs.csv
+  fashiondist infer train.csv --model model.onnx --out check.csv     # labelled: also prints accuracy
+  fashiondist infer testX.csv --model model.onnx --provider cuda --batch-size 4096
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "infer",
+        help="predict a CSV with an ONNX model (onnxruntime) and write Id,Label",
+        description=DESCRIPTION,
+        formatter_class=formatter(),
+    )
+    parser.add_argument(
+        "csv",
+        metavar="CSV",
+        help="testX.csv (Id, 784 pixels) or train.csv (Id, Label, 784 pixels); .gz works",
+    )
+    parser.add_argument(
+        "--model", required=True, metavar="MODEL.onnx", help="a model written by `fashiondist export`"
+    )
+    parser.add_argument(
+        "--out", default="submission.csv", metavar="PATH", help="the submission CSV (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1024,
+        metavar="N",
+        help="images per onnxruntime call (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--provider",
+        choices=PROVIDER_CHOICES,
+        default="auto",
+        help="onnxruntime execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU, else the CPU (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads for onnxruntime (default: one per core)",
+    )
+    parser.add_argument(
+        "--probs", action="store_true", help="also write the class probabilities prob_0..prob_{K-1}"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    from fashiondist.inference.run import infer_csv
+    from fashiondist.inference.session import open_session
+
+    model = open_session(args.model, args.provider, args.threads)
+    with _progress(Path(args.csv), model.provider) as advance:
+        result = infer_csv(
+            args.model, args.csv, args.out, args.batch_size, probs=args.probs, on_rows=advance, model=model
+        )
+    seconds = time.perf_counter() - start
+    # After success only: on an error, stderr holds nothing but the one error line.
+    print(_describe(model, args.threads), file=sys.stderr)
+    accuracy = f", accuracy {result.accuracy:.2%} on its labels" if result.accuracy is not None else ""
+    print(
+        f"wrote {result.out}: {result.rows:,} rows in {seconds:.2f} s ({result.rows / seconds:,.0f} rows/s; "
+        f"{model.model_name} on {model.provider}){accuracy}"
+    )
+    return 0
+
+
+def _describe(model, threads: int | None) -> str:
+    """One line: what the model is (from its metadata) and where it ran."""
+    meta = model.metadata
+    val = meta.get("val_accuracy", "null")
+    facts = [f"{model.num_classes} classes"]
+    if val not in ("null", ""):
+        facts.append(f"val acc {float(val):.2%}")
+    facts.append(f"tta {meta.get('tta', 'none')}")
+    facts.append("int8" if meta.get("quantization", "none") != "none" else "fp32")
+    where = model.provider + (f", {threads} threads" if threads else "")
+    return f"model {model.model_name} ({', '.join(facts)}) ran on {where}"
+
+
+@contextlib.contextmanager
+def _progress(csv_path: Path, provider: str) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal (rows counted from the file's lines); else nothing.
+
+    rich is imported only then: a piped or scripted run skips its import time.
+    """
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn(f"predicting on {provider}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("rows", total=_count_rows(csv_path))
+        yield lambda rows: progress.advance(task, rows)
+
+
+def _count_rows(path: Path) -> int | None:
+    """Data rows of a plain CSV (newlines minus the header), counted at disk speed; None for .gz or on error."""
+    try:
+        with path.open("rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                return None
+            f.seek(0)
+            lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
+    except OSError:
+        return None  # the reader reports the problem with its own message
+    return max(lines - 1, 0)

@@ -1,0 +1,62 @@
+"""Batch prediction: uint8 images (in memory or streamed from a competition CSV) -> class probabilities.
+
+A CSV is read in chunks through the data layer's torch-free reader, so memory stays bounded by one chunk
+whatever the number of rows, and every row is validated exactly as training data is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from fashiondist.constants import IMAGE_SHAPE
+from fashiondist.data.csvio import DEFAULT_CHUNK_ROWS, iter_csv_chunks
+from fashiondist.inference.session import ModelSession
+
+# images per onnxruntime call: big enough to amortise the call, small enough to stay in cache
+DEFAULT_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class ChunkPrediction:
+    ids: np.ndarray  # int64 [n], in file order
+    probs: np.ndarray  # float32 [n, K]
+    labels: np.ndarray | None  # int64 [n] when the CSV is labelled (a train.csv), else None
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+def predict_proba(
+    model: ModelSession, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
+    """uint8 images [N, 28, 28] or [N, 1, 28, 28] -> float32 probabilities [N, K], in batches."""
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 on the 0..255 scale, got {images.dtype}")
+    pixels = np.ascontiguousarray(images).reshape(-1, *IMAGE_SHAPE)  # [N, 28, 28] -> [N, 1, 28, 28], a view
+    out = np.empty((len(pixels), model.num_classes), dtype=np.float32)
+    for start in range(0, len(pixels), batch_size):
+        out[start : start + batch_size] = model.predict_proba(pixels[start : start + batch_size])
+    return out
+
+
+def predict_csv(
+    model: ModelSession,
+    csv_path: str | os.PathLike,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,  # the data layer's: memory is bounded by one chunk, whatever the rows
+    on_rows: Callable[[int], None] | None = None,
+) -> Iterator[ChunkPrediction]:
+    """Stream a competition CSV (testX.csv or train.csv): one ChunkPrediction per chunk, in file order.
+
+    A malformed row raises the data layer's CsvError (file, line, column) when its chunk is reached.
+    """
+    for table in iter_csv_chunks(csv_path, chunk_rows=chunk_rows):
+        probs = predict_proba(model, table.images, batch_size)
+        if on_rows is not None:
+            on_rows(len(table.ids))
+        yield ChunkPrediction(table.ids, probs, table.labels)

@@ -1,0 +1,194 @@
+"""An onnxruntime session over a fashiondist ONNX model, with the model contract checked up front.
+
+The contract (SPEC.md): one input `pixels`, uint8 [N, 1, 28, 28] with N dynamic; an output `probs`, float32
+[N, K]; metadata_props naming the package version, the model variant, K, the class names and the validation
+accuracy. A file that breaks it is refused with one InputError line naming the file, before any row is read.
+
+Torch-free: numpy and onnxruntime only, so inference runs where nothing else is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from fashiondist.constants import IMAGE_SHAPE, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
+from fashiondist.errors import FashiondistError, InputError
+from fashiondist.inference.providers import ORT_PROVIDERS, PROVIDER_CHOICES, PROVIDER_LISTS
+
+# metadata_props keys every fashiondist model carries; fashiondist/export writes them (its tests open every
+# exported model through `open_session`, which holds the two sides together).
+REQUIRED_METADATA = ("fashiondist_version", "model", "num_classes", "class_names", "val_accuracy")
+
+_GPU_HINT = "install onnxruntime-gpu (`pip install 'fashiondist[gpu]'`) on a machine with an NVIDIA GPU and CUDA, or use --provider cpu"
+
+# onnxruntime's load failures that mean "this file is not a model we can read" (bad input, exit 2).
+_LOAD_ERROR_NAMES = (
+    "InvalidProtobuf",
+    "InvalidArgument",
+    "InvalidGraph",
+    "Fail",
+    "NotImplemented",
+    "NoModel",
+)
+_LOAD_ERRORS = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in _LOAD_ERROR_NAMES
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name)
+)
+
+
+@dataclass(frozen=True)
+class ModelSession:
+    """A checked session: `predict_proba` maps uint8 [N, 1, 28, 28] to float32 [N, K]."""
+
+    path: Path
+    session: ort.InferenceSession = field(repr=False)
+    provider: str  # the onnxruntime provider that runs the graph (the session's first)
+    num_classes: int
+    class_names: tuple[str, ...]
+    metadata: dict[str, str]
+
+    @property
+    def model_name(self) -> str:
+        return self.metadata["model"]
+
+    def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: pixels})[0]
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: provider fallbacks are reported by us, in one line
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def open_session(path: str | os.PathLike, provider: str = "auto", threads: int | None = None) -> ModelSession:
+    """Open `path` on `provider` (auto, cpu, cuda, tensorrt) and check the fashiondist contract.
+
+    `auto` takes CUDA when onnxruntime-gpu sees a GPU, else the CPU. An explicit GPU provider that
+    onnxruntime lacks, or that falls back to the CPU when the session starts, is an error, never a quiet
+    CPU run.
+    """
+    path = Path(path)
+    if provider not in PROVIDER_CHOICES:
+        raise InputError(f"--provider {provider!r}: not one of {', '.join(PROVIDER_CHOICES)}")
+    if not path.exists():
+        raise InputError(f"{path}: model file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an ONNX model file", hint="pass the .onnx file")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1")
+
+    if provider == "cpu":
+        session = _create(path, PROVIDER_LISTS["cpu"], threads)
+    elif provider == "auto":
+        try:  # onnxruntime-gpu without a usable GPU or CUDA libraries: the CPU, as `auto` promises
+            session = _create_on_gpu(path, "cuda", threads)
+        except InputError:
+            raise
+        except FashiondistError:
+            session = _create(path, PROVIDER_LISTS["cpu"], threads)
+    else:
+        session = _create_on_gpu(path, provider, threads)
+    num_classes, class_names, metadata = check_contract(session, path)
+    return ModelSession(path, session, session.get_providers()[0], num_classes, class_names, metadata)
+
+
+def _create(path: Path, providers: list[str], threads: int | None) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+    except _LOAD_ERRORS as err:
+        reason = str(err).split("failed:", 1)[-1].strip().replace("\n", " ")
+        raise InputError(f"{path}: not a readable ONNX model ({reason})") from None
+
+
+def _create_on_gpu(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
+    """A session whose first provider is `provider`'s (cuda, tensorrt); FashiondistError if it can't start."""
+    wanted, available = ORT_PROVIDERS[provider], ort.get_available_providers()
+    if wanted not in available:
+        raise FashiondistError(
+            f"--provider {provider}: this onnxruntime has no {wanted} (it has {', '.join(available)})",
+            hint=_GPU_HINT,
+        )
+    try:
+        session = _create(path, PROVIDER_LISTS[provider], threads)
+    except InputError:
+        raise
+    except Exception as err:  # a missing CUDA/cuDNN/TensorRT library, no device: onnxruntime says which
+        reason = " ".join(str(err).split())
+        raise FashiondistError(
+            f"--provider {provider}: onnxruntime could not start {wanted} ({reason})", hint=_GPU_HINT
+        ) from None
+    if session.get_providers()[0] != wanted:
+        raise FashiondistError(
+            f"--provider {provider}: onnxruntime could not start {wanted} for {path} "
+            f"and fell back to {session.get_providers()[0]}",
+            hint=_GPU_HINT,
+        )
+    return session
+
+
+def check_contract(session: ort.InferenceSession, path: Path) -> tuple[int, tuple[str, ...], dict[str, str]]:
+    """(num_classes, class_names, metadata) of a session that keeps the contract; InputError otherwise."""
+    inputs = session.get_inputs()
+    expected_in = f"one input {ONNX_INPUT_NAME!r}, uint8 [N, {', '.join(map(str, IMAGE_SHAPE))}]"
+    got_in = ", ".join(f"{i.name!r} {i.type} {_shape(i.shape)}" for i in inputs)
+    if len(inputs) != 1 or inputs[0].name != ONNX_INPUT_NAME:
+        raise InputError(f"{path}: the model's inputs are {got_in}; a fashiondist model has {expected_in}")
+    pixels = inputs[0]
+    if pixels.type != "tensor(uint8)" or len(pixels.shape) != 4 or tuple(pixels.shape[1:]) != IMAGE_SHAPE:
+        raise InputError(f"{path}: the model's input is {got_in}; a fashiondist model has {expected_in}")
+    if isinstance(pixels.shape[0], int):
+        raise InputError(
+            f"{path}: input {ONNX_INPUT_NAME!r} has a fixed batch size of {pixels.shape[0]}; "
+            "a fashiondist model has a dynamic batch dimension",
+            hint="re-export it with `fashiondist export`",
+        )
+
+    outputs = {o.name: o for o in session.get_outputs()}
+    probs = outputs.get(ONNX_OUTPUT_NAME)
+    if probs is None or probs.type != "tensor(float)" or len(probs.shape) != 2:
+        got_out = ", ".join(f"{o.name!r} {o.type} {_shape(o.shape)}" for o in outputs.values())
+        raise InputError(
+            f"{path}: the model's outputs are {got_out}; a fashiondist model has an output "
+            f"{ONNX_OUTPUT_NAME!r}, float32 [N, K]"
+        )
+
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise InputError(
+            f"{path}: not a fashiondist model: its metadata lacks {', '.join(missing)}",
+            hint="export it with `fashiondist export`",
+        )
+    try:
+        num_classes = int(metadata["num_classes"])
+        class_names = tuple(json.loads(metadata["class_names"]))
+    except (ValueError, TypeError):
+        raise InputError(
+            f"{path}: metadata num_classes/class_names are not an integer and a JSON list"
+        ) from None
+    if num_classes < 2 or len(class_names) != num_classes or not all(isinstance(c, str) for c in class_names):
+        raise InputError(
+            f"{path}: metadata says {metadata['num_classes']} classes named {metadata['class_names']}; "
+            "expected K >= 2 and K class names"
+        )
+    if isinstance(probs.shape[1], int) and probs.shape[1] != num_classes:
+        raise InputError(
+            f"{path}: output {ONNX_OUTPUT_NAME!r} has {probs.shape[1]} columns but the metadata says {num_classes} classes"
+        )
+    return num_classes, class_names, metadata
+
+
+def _shape(shape: list) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in shape) + "]"

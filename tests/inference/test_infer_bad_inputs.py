@@ -1,0 +1,184 @@
+"""Bad input to `fashiondist infer`: one exact error line, exit code 2, and no output file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from fashiondist.cli import main
+from fashiondist.data.csvio import write_competition_csv
+from fashiondist.data.sources import load_data
+from fashiondist.errors import CsvError
+from fashiondist.inference import open_session, open_submission, predict_csv
+
+ROWS = 6  # a small real test file: header on line 1, rows on lines 2..7
+
+
+@pytest.fixture(scope="module")
+def good_lines(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    test = load_data("sample", split="test")
+    path = tmp_path_factory.mktemp("csv") / "testX.csv"
+    write_competition_csv(path, test.ids[:ROWS], test.images[:ROWS])
+    return path.read_text().splitlines()
+
+
+def _set_cell(lines: list[str], line: int, column: int, value: str) -> list[str]:
+    """`lines` with cell `column` (0 = Id) of editor line `line` replaced."""
+    cells = lines[line - 1].split(",")
+    cells[column] = value
+    return [*lines[: line - 1], ",".join(cells), *lines[line:]]
+
+
+def _truncate(lines: list[str], line: int, cells: int) -> list[str]:
+    return [*lines[: line - 1], ",".join(lines[line - 1].split(",")[:cells]), *lines[line:]]
+
+
+def _duplicate_id(lines: list[str], line: int, of_line: int) -> list[str]:
+    return _set_cell(lines, line, 0, lines[of_line - 1].split(",")[0])
+
+
+# (name, how to break the file, the error after the path) — the data layer's own messages, through infer
+CSV_CASES: list[tuple[str, Callable[[list[str]], list[str]], Callable[[list[str]], str]]] = [
+    ("pixel-not-integer", lambda ls: _set_cell(ls, 3, 11, "x"), lambda ls: ", line 3, column '10': pixel value 'x' is not an integer"),
+    ("pixel-too-big", lambda ls: _set_cell(ls, 4, 1, "256"), lambda ls: ", line 4, column '0': pixel value 256 is outside 0..255"),
+    ("pixel-negative", lambda ls: _set_cell(ls, 5, 784, "-3"), lambda ls: ", line 5, column '783': pixel value -3 is negative"),
+    ("pixel-empty", lambda ls: _set_cell(ls, 2, 300, ""), lambda ls: ", line 2, column '299': empty pixel value"),
+    ("id-not-integer", lambda ls: _set_cell(ls, 6, 0, "abc"), lambda ls: ", line 6, column 'Id': Id 'abc' is not an integer"),
+    ("truncated-row", lambda ls: _truncate(ls, 7, 100), lambda ls: ", line 7, column '99': the row ends after 100 of 785 columns (truncated?)"),
+    ("duplicate-id", lambda ls: _duplicate_id(ls, 5, 2), lambda ls: f", line 5, column 'Id': duplicate Id {ls[1].split(',')[0]} (first on line 2)"),
+    ("bad-header", lambda ls: ["Idx" + ls[0][2:], *ls[1:]], lambda ls: ", line 1, column 'Idx': the first column must be 'Id'"),
+    ("header-only", lambda ls: ls[:1], lambda ls: ", line 2: no data rows after the header"),
+    ("empty-file", lambda ls: [], lambda ls: ", line 1: the file is empty; expected a header `Id,Label,<784 pixels>` or `Id,<784 pixels>`"),
+]  # fmt: skip
+
+
+def _run_infer(csv_path: Path, model: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["infer", str(csv_path), "--model", str(model), "--out", str(out)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,corrupt,problem", CSV_CASES, ids=[case[0] for case in CSV_CASES])
+def test_bad_csv(name, corrupt, problem, good_lines, onnx_model: Path, tmp_path: Path, capsys):
+    bad = tmp_path / "testX.csv"
+    lines = corrupt(good_lines)
+    bad.write_text("\n".join(lines) + ("\n" if lines else ""))
+    out = tmp_path / "submission.csv"
+    code, err = _run_infer(bad, onnx_model, out, capsys)
+    assert (code, err) == (2, f"fashiondist: error: {bad}{problem(good_lines)}\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["testX.csv"]  # no submission, no temp file
+
+
+def test_missing_csv(onnx_model: Path, tmp_path: Path, capsys):
+    missing, out = tmp_path / "nope.csv", tmp_path / "submission.csv"
+    assert _run_infer(missing, onnx_model, out, capsys) == (
+        2,
+        f"fashiondist: error: {missing}: file not found\n",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_row_in_a_later_chunk_leaves_no_file(good_lines, onnx_model: Path, tmp_path: Path):
+    """Chunks before the bad row were predicted and written to the temp file; the error still leaves nothing."""
+    bad = tmp_path / "testX.csv"
+    bad.write_text("\n".join(_duplicate_id(good_lines, 6, 2)) + "\n")  # line 6 is in the third 2-row chunk
+    out = tmp_path / "submission.csv"
+    model = open_session(onnx_model, "cpu")
+    written = 0
+    with pytest.raises(CsvError, match="line 6, column 'Id': duplicate Id"), open_submission(out) as writer:
+        for chunk in predict_csv(model, bad, chunk_rows=2):
+            writer.write(chunk.ids, chunk.predictions)
+            written = writer.rows
+    assert written == 4  # two chunks went out before the error
+    assert [p.name for p in tmp_path.iterdir()] == ["testX.csv"]
+
+
+def _tiny_model(path: Path, shape: list, metadata: dict[str, str], output: str = "probs") -> Path:
+    """A valid ONNX classifier built by hand: uint8 image -> cast -> flatten -> matmul -> softmax."""
+    pixels = int(np.prod(shape[1:]))
+    weights = helper.make_tensor(
+        "w", TensorProto.FLOAT, [pixels, 10], np.zeros(pixels * 10, dtype=np.float32)
+    )
+    nodes = [
+        helper.make_node("Cast", ["pixels"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Flatten", ["x"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], [output], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, shape)],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 10])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _metadata(onnx_model: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(onnx_model).metadata_props}
+
+
+CONTRACT = "a fashiondist model has one input 'pixels', uint8 [N, 1, 28, 28]"
+
+
+MODEL_CASES = [
+    pytest.param(lambda p, meta: _write(p, "Id,Label\n1,2\n"),
+                 ": not a readable ONNX model (Protobuf parsing failed.)", id="not-onnx"),
+    pytest.param(lambda p, meta: _tiny_model(p, ["N", 1, 32, 32], meta),
+                 f": the model's input is 'pixels' tensor(uint8) [N, 1, 32, 32]; {CONTRACT}", id="wrong-input-shape"),
+    pytest.param(lambda p, meta: _tiny_model(p, ["N", 3, 28, 28], meta),
+                 f": the model's input is 'pixels' tensor(uint8) [N, 3, 28, 28]; {CONTRACT}", id="three-channels"),
+    pytest.param(lambda p, meta: _tiny_model(p, [1, 1, 28, 28], meta),
+                 ": input 'pixels' has a fixed batch size of 1; a fashiondist model has a dynamic batch dimension "
+                 "(hint: re-export it with `fashiondist export`)", id="fixed-batch"),
+    pytest.param(lambda p, meta: _tiny_model(p, ["N", 1, 28, 28], meta, output="scores"),
+                 ": the model's outputs are 'scores' tensor(float) [N, 10]; a fashiondist model has an output "
+                 "'probs', float32 [N, K]", id="no-probs-output"),
+    pytest.param(lambda p, meta: _tiny_model(p, ["N", 1, 28, 28], {}),
+                 ": not a fashiondist model: its metadata lacks fashiondist_version, model, num_classes, class_names, "
+                 "val_accuracy (hint: export it with `fashiondist export`)", id="missing-metadata"),
+    pytest.param(lambda p, meta: p, ": model file not found", id="missing-file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("build,problem", MODEL_CASES)
+def test_bad_model(build, problem, onnx_model: Path, sample_test_csv: Path, tmp_path: Path, capsys):
+    model = build(tmp_path / "model.onnx", _metadata(onnx_model))
+    out = tmp_path / "submission.csv"
+    code, err = _run_infer(sample_test_csv, model, out, capsys)
+    assert (code, err) == (2, f"fashiondist: error: {model}{problem}\n")
+    assert not out.exists() and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_out_must_not_be_the_input(onnx_model: Path, good_lines, tmp_path: Path, capsys):
+    csv_path = tmp_path / "testX.csv"
+    csv_path.write_text("\n".join(good_lines) + "\n")
+    code, err = _run_infer(csv_path, onnx_model, csv_path, capsys)
+    assert (code, err) == (
+        2,
+        f"fashiondist: error: --out {csv_path}: is the input CSV; choose another file name\n",
+    )
+    assert csv_path.read_text() == "\n".join(good_lines) + "\n"
+
+
+def test_out_directory_must_exist(onnx_model: Path, sample_test_csv: Path, tmp_path: Path, capsys):
+    out = tmp_path / "missing-dir" / "submission.csv"
+    code, err = _run_infer(sample_test_csv, onnx_model, out, capsys)
+    assert (code, err) == (
+        2,
+        f"fashiondist: error: {out}: the output directory {out.parent} does not exist\n",
+    )
