@@ -22,6 +22,12 @@ from fashiondist.errors import FashiondistError
 # Command modules, in the order their commands appear in `--help`.
 COMMAND_MODULES = (
     "fashiondist.cli.data",
+    "fashiondist.cli.models",
+    "fashiondist.cli.train",
+    "fashiondist.cli.evaluate",
+    "fashiondist.cli.export",
+    "fashiondist.cli.infer",
+    "fashiondist.cli.bench",
 )
 
 

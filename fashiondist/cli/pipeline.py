@@ -45,12 +45,35 @@ def run_pipeline(configs: list[TrainConfig], parent: Path | None, test_csv: str 
             f"{r.images_per_s:,.0f} images/s, {r.train_seconds:.1f} s of training -> {r.run_dir}"
         )
         return 0
-    return _select_and_ship(results, parent, data, test_csv, out, console)
+    return _select_and_ship(results, parent, configs[0].data, test_csv, out, console)
 
 
-def _select_and_ship(results, parent: Path, data, test_csv, out: Console, console: Console) -> int:
+def _select_and_ship(results, parent: Path, data_spec: str, test_csv: str | None, out: Console, log: Console) -> int:
+    """Report every variant, export the best to parent/model.onnx, and with `test_csv` write the submission."""
+    from fashiondist.config import Tta
+    from fashiondist.evaluation.html import write_report
+    from fashiondist.evaluation.plots import COMPARISON_FILE
     from fashiondist.evaluation.sweep import report_sweep
+    from fashiondist.export.exporter import export_checkpoint, load_check_images, report_table
 
-    _, best = report_sweep(parent, [r.run_dir for r in results], out)
-    out.print(f"best: {best.name} -> {parent / 'best.json'}")
+    variants, best = report_sweep(parent, [r.run_dir for r in results], out)
+    checks = load_check_images(data_spec, best.run_dir)
+    model_path = parent / "model.onnx"
+    tta = Tta(best.summary.get("tta") or Tta.NONE.value)
+    export = export_checkpoint(
+        best.run_dir, model_path, images=checks.images, labels=checks.labels, tta=tta,
+        log=lambda message: log.print(message, highlight=False),
+    )  # fmt: skip
+    out.print(report_table(export))
+    shipped = {"best model": best.name, "ONNX model": str(model_path), "parity max |prob diff|": f"{export.max_abs_diff:.2e}"}
+    if test_csv is not None:
+        from fashiondist.inference.run import infer_csv
+
+        submission = infer_csv(model_path, test_csv, parent / "submission.csv")
+        shipped["submission"] = f"{submission.out} ({submission.rows:,} rows)"
+    write_report(parent, variants, best, extra=shipped, comparison_plot=parent / COMPARISON_FILE)
+    out.print(f"best: {best.name} (validation accuracy {best.accuracy:.2%}) -> {parent / 'best.json'}")
+    for key, value in shipped.items():
+        out.print(f"{key}: {value}", highlight=False)
+    out.print(f"leaderboard: {parent / 'leaderboard.md'}\nreport: {parent / 'report.html'}", highlight=False)
     return 0

@@ -6,6 +6,7 @@ Test-time policy (flip averaging) is `predict_probs`, a function of its own, nev
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,15 +22,18 @@ def predict_probs(
     images: torch.Tensor,
     batch_size: int,
     tta: Tta = Tta.NONE,
-    autocast: contextlib.AbstractContextManager | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
-    """Class probabilities float32 [M, K] for uint8 images [M, 1, H, W] (on the model's device)."""
+    """Class probabilities float32 [M, K] for uint8 images [M, 1, H, W] (on the model's device).
+
+    `autocast` makes a fresh mixed-precision context per batch (e.g. `accelerator.autocast`).
+    """
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size]
-        with autocast or contextlib.nullcontext():
+        with autocast():
             probs = model(x).float().softmax(dim=1)
             if tta is Tta.FLIP:
                 probs = 0.5 * (probs + model(x.flip(3)).float().softmax(dim=1))
@@ -59,7 +63,7 @@ def evaluate(accelerator, model, images: torch.Tensor, labels: torch.Tensor, bat
     n = len(labels)
     index, _ = shard_for_eval(n, accelerator.process_index, accelerator.num_processes)
     index = index.to(images.device)
-    probs = predict_probs(model, images[index], batch_size, tta, accelerator.autocast())
+    probs = predict_probs(model, images[index], batch_size, tta, accelerator.autocast)
     gathered_probs = accelerator.gather(probs)[:n].cpu()
     gathered_labels = accelerator.gather(labels[index])[:n].cpu()
     nll = -torch.log(gathered_probs.gather(1, gathered_labels[:, None]).clamp_min(1e-12)).mean()

@@ -410,6 +410,7 @@ class Trainer:
                 "class_names": self.class_names,
                 "world_size": acc.num_processes,
                 "precision": self.acc.mixed_precision,
+                "tta": self.cfg.tta.value,
                 "global_batch": self.cfg.batch_size,
                 "val_count": result.count,
                 "ranks_in_sync": in_sync,

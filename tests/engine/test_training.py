@@ -169,3 +169,10 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, small_csv):
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("fashiondist: error: cnn: non-finite loss at optimizer step "), line
     assert not (tmp_path / "nan" / "last").exists()
+
+
+def test_bf16_autocast_trains_and_evaluates_in_several_batches(tmp_path, small_csv):
+    _ok(_train(tmp_path / "bf16", small_csv, "--precision", "bf16", "--epochs", "1", "--set", "eval_batch_size=16", "--tta", "flip"))
+    (record,) = _metrics(tmp_path / "bf16")
+    assert np.isfinite(record["train_loss"]) and record["val_acc"] > 0.3
+    assert json.loads((tmp_path / "bf16" / "summary.json").read_text())["precision"] == "bf16"
