@@ -176,3 +176,14 @@ def test_bf16_autocast_trains_and_evaluates_in_several_batches(tmp_path, small_c
     (record,) = _metrics(tmp_path / "bf16")
     assert np.isfinite(record["train_loss"]) and record["val_acc"] > 0.3
     assert json.loads((tmp_path / "bf16" / "summary.json").read_text())["precision"] == "bf16"
+
+
+@pytest.mark.ddp
+def test_torchrun_forms_one_gloo_group(tmp_path, small_csv):
+    """Under torchrun (no accelerate launcher, no ACCELERATE_USE_CPU) a CPU machine still trains as one group."""
+    env = {k: v for k, v in ENV.items() if k != "ACCELERATE_USE_CPU"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m"]
+    cmd = [*launcher, "fashiondist", "train", *TINY, "--epochs", "1", "--data", str(small_csv), "--out", str(tmp_path / "tr")]
+    proc = _ok(subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO))
+    assert "64 = 32 per device x 1 accumulation x 2 process(es)" in proc.stderr
+    assert json.loads((tmp_path / "tr" / "summary.json").read_text())["ranks_in_sync"] is True
