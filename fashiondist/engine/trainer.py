@@ -76,6 +76,28 @@ def make_accelerator(cfg: TrainConfig, project_dir: str | Path | None = None) ->
     )
 
 
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed dropout for optimizer step `step` from (seed, rank, step): a resumed run draws the same masks."""
+    torch.manual_seed((seed * _STEP_SEED_STRIDE + step) * 64 + rank)
+
+
+def micro_step(acc: Accelerator, model, optimizer, x, y, cfg: TrainConfig, step: int, total_steps: int):
+    """One micro-batch under `accumulate`: forward, backward; on the window's last micro-batch set the lr of
+    optimizer step `step`, clip and step (accelerate's optimizer skips the others). Returns (loss, logits)."""
+    with acc.accumulate(model):
+        loss, logits = model(x, targets=y, label_smoothing=cfg.label_smoothing)
+        acc.backward(loss)
+        if acc.sync_gradients:
+            lr = lr_at(step, total_steps, cfg.lr, cfg.warmup_fraction, cfg.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if cfg.grad_clip > 0:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), logits
+
+
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Weight decay on weight matrices and kernels only; biases and normalisation scales are left alone."""
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -243,10 +265,6 @@ class Trainer:
             f"precision {self.acc.mixed_precision} on {self.acc.device}"
         )
 
-    def _step_seed(self) -> None:
-        """Seed dropout for the coming optimizer step from (seed, rank, step): a resumed run draws the same masks."""
-        torch.manual_seed((self.cfg.seed * _STEP_SEED_STRIDE + self.state["step"]) * 64 + self.acc.process_index)
-
     def _train_epoch(self, watch: PreemptionWatch) -> str | None:
         cfg, acc, state = self.cfg, self.acc, self.state
         epoch, steps = state["epoch"], self.batches.steps_per_epoch
@@ -258,19 +276,8 @@ class Trainer:
         t0 = time.perf_counter() - state["epoch_seconds"]
         for micro, (x, y) in enumerate(self.batches.epoch(epoch, state["epoch_step"])):
             if micro % cfg.grad_accum == 0:
-                self._step_seed()
-            with acc.accumulate(self.model):
-                loss, logits = self.model(x, targets=y, label_smoothing=cfg.label_smoothing)
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    lr = lr_at(state["step"], self.total_steps, cfg.lr, cfg.warmup_fraction, cfg.schedule)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    if cfg.grad_clip > 0:
-                        acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            loss = loss.detach()
+                seed_step(cfg.seed, state["step"], acc.process_index)
+            loss, logits = micro_step(acc, self.model, self.optimizer, x, y, cfg, state["step"], self.total_steps)
             sums += torch.stack([loss.double() * len(y), (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), dtype=torch.float64, device=acc.device)])
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step_t, first_bad)
             if not acc.sync_gradients:

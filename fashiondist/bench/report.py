@@ -1,0 +1,88 @@
+"""Benchmark output: rich tables on stdout and one JSON file, written atomically.
+
+Table cells show the median over the repeats with the min-max on a second line: `12,345` over
+`11,900-12,600` for images/s, `1.23x` over `1.10-1.30` for ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from fashiondist.bench.machine import load_average
+from fashiondist.bench.stats import Stat
+from fashiondist.data.atomic import atomic_write
+from fashiondist.errors import InputError
+
+
+def fmt_rate(stat: Stat | None) -> str:
+    """Images/s: `12,345` over `11,900-12,600`; a dash when not measured."""
+    if stat is None:
+        return "-"
+    if len(stat.samples) == 1:
+        return f"{stat.median:,.0f}"
+    return f"{stat.median:,.0f}\n{stat.min:,.0f}-{stat.max:,.0f}"
+
+
+def fmt_seconds(stat: Stat | None) -> str:
+    if stat is None:
+        return "-"
+    if len(stat.samples) == 1:
+        return f"{stat.median:.2f} s"
+    return f"{stat.median:.2f} s\n{stat.min:.2f}-{stat.max:.2f}"
+
+
+def fmt_ratio(stat: Stat | None) -> str:
+    if stat is None:
+        return "-"
+    if len(stat.samples) == 1:
+        return f"{stat.median:.2f}x"
+    return f"{stat.median:.2f}x\n{stat.min:.2f}-{stat.max:.2f}"
+
+
+def results_console():
+    """stdout for the tables: as wide as a terminal is, and wide enough not to cut columns in a file or pipe."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(soft_wrap=True, width=max(console.width, 160))
+    return console
+
+
+def stat_dict(stat: Stat | None) -> dict[str, Any] | None:
+    return None if stat is None else stat.to_dict()
+
+
+def check_json_target(path: str | Path | None) -> Path | None:
+    """Fail before any measuring when the JSON file could not be written (its directory is missing)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--json {path}: is a directory; give a file name such as bench.json")
+    if not path.parent.is_dir():
+        raise InputError(f"--json {path}: the directory {path.parent} does not exist")
+    return path
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write `payload` (with the load average at the end of the run added) atomically; no NaN allowed."""
+    path = Path(path)
+    payload = {**payload, "load_average_end": load_average()}
+    text = json.dumps(payload, indent=2, allow_nan=False, default=_jsonable)
+    with atomic_write(path) as handle:
+        handle.write((text + "\n").encode())
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Stat):
+        return value.to_dict()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
