@@ -31,8 +31,15 @@ COMMAND_MODULES = (
 )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A bad option is one line on stderr (argparse would print the usage first) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="fashiondist",
         description="Train, select, export and serve Fashion-MNIST-style classifiers, "
         "from a CSV to a scored Kaggle submission.",

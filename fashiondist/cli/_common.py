@@ -16,6 +16,17 @@ def add_data_option(parser: argparse.ArgumentParser, default: str = "sample") ->
     parser.add_argument("--data", default=default, metavar="SOURCE", help=DATA_HELP)
 
 
+def positive_int(text: str) -> int:
+    """argparse `type=` for counts: an integer >= 1, else argparse's one-line error naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def formatter() -> type[argparse.HelpFormatter]:
     return argparse.RawDescriptionHelpFormatter
 

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from fashiondist.cli._common import add_data_option, formatter
+from fashiondist.cli._common import add_data_option, formatter, positive_int
 from fashiondist.config import Precision
 from fashiondist.inference.providers import PROVIDER_CHOICES
 from fashiondist.models.registry import list_models
@@ -101,20 +101,10 @@ _worker_counts = _list_of(int, lambda n: None if n >= 0 else "must be >= 0")
 _targets = _list_of(float, lambda t: None if 0.0 < t <= 1.0 else "an accuracy is a fraction in (0, 1]")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def _common(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         default=repeats,
         help="measurements per variant; the median is shown (default: %(default)s)",
     )
@@ -149,10 +139,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_option(train)
     train.add_argument(
-        "--batch-size", type=_positive_int, default=128, help="images per step (default: %(default)s)"
+        "--batch-size", type=positive_int, default=128, help="images per step (default: %(default)s)"
     )
     train.add_argument(
-        "--steps", type=_positive_int, default=50, help="timed steps per measurement (default: %(default)s)"
+        "--steps", type=positive_int, default=50, help="timed steps per measurement (default: %(default)s)"
     )
     train.add_argument(
         "--warmup",
@@ -178,7 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="torch CPU threads (default: torch's, one per core)",
     )
@@ -235,7 +225,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     infer.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="CPU threads for onnxruntime and PyTorch alike (default: each library's, one per core)",
     )
@@ -262,8 +252,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="A,B",
         help="validation accuracies (default: 0.90,0.91,0.92,0.93)",
     )
-    tta.add_argument("--epochs", type=_positive_int, default=None, help="passed to fashiondist train")
-    tta.add_argument("--batch-size", type=_positive_int, default=None, help="passed to fashiondist train")
+    tta.add_argument("--epochs", type=positive_int, default=None, help="passed to fashiondist train")
+    tta.add_argument("--batch-size", type=positive_int, default=None, help="passed to fashiondist train")
     tta.add_argument("--precision", choices=_PRECISIONS, default=None, help="passed to fashiondist train")
     tta.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="passed to fashiondist train"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from fashiondist.cli._common import formatter
+from fashiondist.cli._common import formatter, positive_int
 from fashiondist.inference.providers import PROVIDER_CHOICES
 
 DESCRIPTION = """\
@@ -28,16 +28,6 @@ examples:
   fashiondist infer train.csv --model model.onnx --out check.csv     # labelled: also prints accuracy
   fashiondist infer testX.csv --model model.onnx --provider cuda --batch-size 4096
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=1024,
         metavar="N",
         help="images per onnxruntime call (default: %(default)s)",
@@ -73,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="CPU threads for onnxruntime (default: one per core)",
