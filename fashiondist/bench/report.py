@@ -17,29 +17,27 @@ from fashiondist.data.atomic import atomic_write
 from fashiondist.errors import InputError
 
 
-def fmt_rate(stat: Stat | None) -> str:
-    """Images/s: `12,345` over `11,900-12,600`; a dash when not measured."""
+def _fmt(stat: Stat | None, number: str, suffix: str = "") -> str:
+    """The median, and under it the min-max of the repeats; a dash when not measured."""
     if stat is None:
         return "-"
+    median = f"{stat.median:{number}}{suffix}"
     if len(stat.samples) == 1:
-        return f"{stat.median:,.0f}"
-    return f"{stat.median:,.0f}\n{stat.min:,.0f}-{stat.max:,.0f}"
+        return median
+    return f"{median}\n{stat.min:{number}}-{stat.max:{number}}"
+
+
+def fmt_rate(stat: Stat | None) -> str:
+    """Images/s: `12,345` over `11,900-12,600`."""
+    return _fmt(stat, ",.0f")
 
 
 def fmt_seconds(stat: Stat | None) -> str:
-    if stat is None:
-        return "-"
-    if len(stat.samples) == 1:
-        return f"{stat.median:.2f} s"
-    return f"{stat.median:.2f} s\n{stat.min:.2f}-{stat.max:.2f}"
+    return _fmt(stat, ".2f", " s")
 
 
 def fmt_ratio(stat: Stat | None) -> str:
-    if stat is None:
-        return "-"
-    if len(stat.samples) == 1:
-        return f"{stat.median:.2f}x"
-    return f"{stat.median:.2f}x\n{stat.min:.2f}-{stat.max:.2f}"
+    return _fmt(stat, ".2f", "x")
 
 
 def results_console():
