@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fashiondist.cli._common import formatter, positive_int
+from fashiondist.constants import INFER_BATCH_SIZE
 from fashiondist.inference.providers import PROVIDER_CHOICES
 
 DESCRIPTION = """\
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size",
         type=positive_int,
-        default=1024,
+        default=INFER_BATCH_SIZE,
         metavar="N",
         help="images per onnxruntime call (default: %(default)s)",
     )

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fashiondist.constants import IMAGE_SHAPE
+from fashiondist.constants import IMAGE_SHAPE, INFER_BATCH_SIZE
 from fashiondist.data.csvio import DEFAULT_CHUNK_ROWS, iter_csv_chunks
 from fashiondist.inference.session import ModelSession
 
-# images per onnxruntime call: big enough to amortise the call, small enough to stay in cache
-DEFAULT_BATCH_SIZE = 1024
+DEFAULT_BATCH_SIZE = INFER_BATCH_SIZE
 
 
 @dataclass(frozen=True)
