@@ -28,7 +28,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file
 
 from fashiondist import __version__
-from fashiondist.config import Optimizer, TrainConfig, save_yaml
+from fashiondist.config import Optimizer, Precision, TrainConfig, save_yaml
 from fashiondist.data.device import Layout, TrainBatches
 from fashiondist.data.sources import Dataset
 from fashiondist.data.split import stratified_split
@@ -67,8 +67,12 @@ def make_accelerator(cfg: TrainConfig, project_dir: str | Path | None = None) ->
     the Accelerator is told so: under torchrun (or a launcher without ACCELERATE_USE_CPU) it would otherwise
     start N world-size-1 copies instead of one gloo group.
     """
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu and cfg.precision is Precision.FP16:
+        # accelerate would accept it and quietly train in float32 (no fp16 autocast on the CPU)
+        raise InputError("--precision fp16 needs a CUDA GPU; this machine has none", hint="use --precision bf16 on the CPU")
     return Accelerator(
-        cpu=not torch.cuda.is_available(),
+        cpu=on_cpu,
         mixed_precision=cfg.precision.value if cfg.precision is not None else None,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=cfg.log_with,

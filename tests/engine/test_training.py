@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from fashiondist.data.csvio import write_competition_csv
@@ -187,3 +188,15 @@ def test_torchrun_forms_one_gloo_group(tmp_path, small_csv):
     proc = _ok(subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO))
     assert "64 = 32 per device x 1 accumulation x 2 process(es)" in proc.stderr
     assert json.loads((tmp_path / "tr" / "summary.json").read_text())["ranks_in_sync"] is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only where there is no CUDA GPU")
+def test_fp16_without_a_gpu_is_one_clear_error(tmp_path, capsys):
+    from fashiondist.cli import main
+
+    assert main(["train", "--model", "cnn", "--precision", "fp16", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "fashiondist: error: --precision fp16 needs a CUDA GPU; this machine has none "
+        "(hint: use --precision bf16 on the CPU)"
+    )
+    assert not (tmp_path / "run").exists()
