@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -104,7 +105,8 @@ PROBE = textwrap.dedent(
 
 
 def _probe_lines(output: str) -> list[dict]:
-    return [json.loads(line.split("PROBE ", 1)[1]) for line in output.splitlines() if "PROBE " in line]
+    """Every rank's probe record; the ranks share one stdout, so a record may not start a line."""
+    return [json.loads(record) for record in re.findall(r"PROBE (\{[^{}]*\})", output)]
 
 
 def _accelerate_launch(config: str, *args: str, probe: Path) -> list[str]:
