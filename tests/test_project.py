@@ -76,3 +76,14 @@ def test_a_bad_option_is_one_line_and_exit_2():
     )
     assert proc.returncode == 2
     assert "argument --precision: invalid choice: 'fp8'" in proc.stderr
+
+
+def test_a_missing_test_csv_is_refused_before_training(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fashiondist", "train", "--models", "cnn", "--test", str(tmp_path / "nope.csv"),
+         "--out", str(tmp_path / "sweep")],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"fashiondist: error: --test {tmp_path / 'nope.csv'}: no such file (checked before training, not after it)"
+    assert not (tmp_path / "sweep").exists()

@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     names, multi = _model_names(args)
     if args.test and not multi:
         raise InputError("--test needs --models (the multi-model run exports its best variant and infers with it)")
+    if args.test and not Path(args.test).is_file():
+        raise InputError(f"--test {args.test}: no such file (checked before training, not after it)")
     flags = {key: getattr(args, key) for key in _FLAG_KEYS}
     flags.update(parse_set_options(args.set))
     parent = None
