@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from fashiondist.data.atomic import atomic_write
 from fashiondist.errors import InputError
 
 TRAINER_STATE = "trainer_state.json"
@@ -46,9 +47,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as fh:
+        fh.write((json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
 def save_last(

@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fashiondist.config import Tta
+from fashiondist.data.atomic import atomic_write
 from fashiondist.data.device import shard_for_eval
 
 
@@ -69,3 +71,12 @@ def evaluate(accelerator, model, images: torch.Tensor, labels: torch.Tensor, bat
     nll = -torch.log(gathered_probs.gather(1, gathered_labels[:, None]).clamp_min(1e-12)).mean()
     accuracy = (gathered_probs.argmax(1) == gathered_labels).double().mean()
     return EvalResult(gathered_probs.numpy(), gathered_labels.numpy(), float(nll), float(accuracy))
+
+
+PREDICTIONS_FILE = "val_predictions.npz"
+
+
+def save_predictions(run_dir: Path, labels: np.ndarray, probs: np.ndarray) -> None:
+    """`run_dir/val_predictions.npz` (y_true int64 [M], probs float32 [M, K]), written atomically."""
+    with atomic_write(run_dir / PREDICTIONS_FILE) as fh:
+        np.savez_compressed(fh, y_true=labels.astype(np.int64), probs=probs.astype(np.float32))

@@ -13,7 +13,7 @@ from fashiondist import __version__
 from fashiondist.config import Tta
 from fashiondist.data.sources import load_data
 from fashiondist.engine.checkpoint import write_json
-from fashiondist.engine.evaluate import predict_probs
+from fashiondist.engine.evaluate import predict_probs, save_predictions
 from fashiondist.errors import InputError
 from fashiondist.models.checkpoint import load_model, resolve_model_dir
 from fashiondist.models.complexity import count_parameters, macs_per_image
@@ -34,9 +34,7 @@ def predict_checkpoint(checkpoint: str | Path, data_spec: str, out: Path, batch_
     images = torch.as_tensor(np.ascontiguousarray(data.images)).unsqueeze(1)  # [N, 1, H, W] uint8
     probs = predict_probs(model, images, batch_size, tta)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "val_predictions.tmp.npz"
-    np.savez_compressed(tmp, y_true=data.labels.astype(np.int64), probs=probs.numpy().astype(np.float32))
-    tmp.replace(out / "val_predictions.npz")
+    save_predictions(out, data.labels, probs.numpy())
     run_dir = resolve_model_dir(checkpoint).parent
     history = run_dir / "metrics.jsonl"
     if history.is_file():  # the checkpoint's own training curves, when it came from a run directory

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
@@ -29,12 +28,13 @@ from safetensors.torch import load_file
 
 from fashiondist import __version__
 from fashiondist.config import Optimizer, Precision, TrainConfig, save_yaml
+from fashiondist.data.atomic import atomic_write
 from fashiondist.data.device import Layout, TrainBatches
 from fashiondist.data.sources import Dataset
 from fashiondist.data.split import stratified_split
 from fashiondist.engine import checkpoint
 from fashiondist.engine.ema import Ema
-from fashiondist.engine.evaluate import EvalResult, evaluate
+from fashiondist.engine.evaluate import EvalResult, evaluate, save_predictions
 from fashiondist.engine.preemption import PreemptionWatch
 from fashiondist.engine.progress import TrainProgress
 from fashiondist.engine.schedule import lr_at
@@ -386,9 +386,8 @@ class Trainer:
         if not path.exists():
             return
         keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(path)
+        with atomic_write(path) as fh:
+            fh.write("".join(line + "\n" for line in keep).encode())
 
     def _images_per_s(self) -> float:
         done = self.state["step"] * self.cfg.batch_size
@@ -404,9 +403,7 @@ class Trainer:
         if not in_sync:
             self.progress.log(f"[red]{self.cfg.model}: the ranks' final weights differ; DDP did not keep them in sync")
         if acc.is_main_process:
-            tmp = self.run_dir / "val_predictions.tmp.npz"
-            np.savez_compressed(tmp, y_true=result.labels.astype(np.int64), probs=result.probs.astype(np.float32))
-            tmp.replace(self.run_dir / "val_predictions.npz")
+            save_predictions(self.run_dir, result.labels, result.probs)
             summary = {
                 "model": self.cfg.model,
                 "model_kwargs": self.cfg.model_kwargs,
