@@ -20,6 +20,7 @@ import csv
 import gzip
 import io
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,12 @@ from fashiondist.errors import CsvError, InputError
 TRAIN_COLUMNS = 2 + NUM_PIXELS  # Id, Label, 784 pixels
 TEST_COLUMNS = 1 + NUM_PIXELS  # Id, 784 pixels
 DEFAULT_CHUNK_ROWS = 8192  # ~6.4 MB of pixels per chunk: bounded memory, still few Python round trips
-_BLOCK_BYTES = 4 << 20  # pyarrow's unit of parsing; a row is at most ~3 KB, so a block holds >1000 rows
+# The file is parsed a segment at a time (bounded memory), each segment by pyarrow's multi-threaded reader in
+# blocks. A whole-buffer `read_csv` per segment beats pyarrow's streaming reader: a 10,000-row testX.csv
+# (22 MB) parsed in 0.144 s vs 0.20-0.23 s (2 cores; 16 MB segments of 4 MB blocks measured best of 4-32 MB
+# segments x 1-4 MB blocks). A row is at most ~3 KB, so a block holds >1000 rows.
+_SEGMENT_BYTES = 16 << 20
+_BLOCK_BYTES = 4 << 20
 _INT = re.compile(r"\s*-?\d+\s*")  # the integer syntax pyarrow's int64 / uint8 conversion accepts
 _PIXEL = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"  # 0..255 written plainly (no sign, space or leading zero)
 _PLAIN_PIXELS = re.compile(rf"{_PIXEL}(?:,{_PIXEL}){{{NUM_PIXELS - 1}}}")  # the 784 pixel cells of a row
@@ -80,9 +86,9 @@ class _Layout:
     def top_label(self) -> int | None:
         return self.num_classes - 1 if self.num_classes is not None else None
 
-    def stream(self) -> pa.NativeFile:
-        """The file for pyarrow, gunzipped by content (pyarrow alone would go by the `.gz` extension)."""
-        return pa.input_stream(str(self.path), compression="gzip" if self.gzipped else None)
+    def open_bytes(self) -> io.BufferedIOBase:
+        """The file's bytes, gunzipped by content (not by the `.gz` extension)."""
+        return gzip.open(self.path, "rb") if self.gzipped else self.path.open("rb")  # type: ignore[return-value]
 
 
 def _is_gzip(path: Path) -> bool:
@@ -157,7 +163,7 @@ def _arrow_options(layout: _Layout) -> dict:
     if layout.labelled:
         types[names[1]] = pa.int64()
     return {
-        "read_options": pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=_BLOCK_BYTES),
+        "read_options": pacsv.ReadOptions(column_names=names, block_size=_BLOCK_BYTES),  # segments hold no header
         # every physical line is a row, so row i is line i + 2 and errors can be placed exactly
         "parse_options": pacsv.ParseOptions(ignore_empty_lines=False),
         # no null markers: an empty or "NaN" cell is a conversion error, not a silent null
@@ -341,7 +347,7 @@ def _locate(layout: _Layout, start_line: int, ledger: _IdLedger, arrow_error: Ex
                     found = _duplicate_problem(layout, row_id, line_no, seen, ledger)
                 if found:
                     return CsvError(layout.path, line_no, found[0], found[1])
-    except (OSError, EOFError) as err:  # a .gz damaged after its first lines
+    except (OSError, EOFError, zlib.error) as err:  # a .gz damaged after its first lines
         return CsvError(layout.path, line_no + 1, None, f"cannot be read ({err})")
     detail = " ".join(str(arrow_error).split())  # one line, as the CLI prints it
     return CsvError(layout.path, None, None, f"cannot be parsed as a competition CSV ({detail})")
@@ -398,8 +404,8 @@ def iter_csv_chunks(
     while True:
         try:
             table = next(tables, None)
-        except (pa.ArrowInvalid, OSError) as err:
-            # pyarrow refused a block (or the gzip stream broke): search from the first unchecked row
+        except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as err:
+            # pyarrow refused a segment (or the gzip stream broke): search from the first unchecked row
             raise _locate(layout, line, ledger, err) from None
         if table is None:
             return
@@ -409,16 +415,38 @@ def iter_csv_chunks(
         line += len(chunk)
 
 
-def _arrow_chunks(layout: _Layout, chunk_rows: int) -> Iterator[pa.Table]:
-    """pyarrow's streaming reader, re-cut into tables of exactly `chunk_rows` rows (the last may be shorter).
+def _segments(layout: _Layout) -> Iterator[bytes | memoryview]:
+    """The data rows (header skipped) as byte strings of about _SEGMENT_BYTES, each cut after a newline.
 
-    Slicing is zero-copy; a block's memory is released once no pending slice refers to it.
+    The last segment ends where the file does, with or without a final newline; a segment holds at least
+    one whole line, however long.
     """
+    with layout.open_bytes() as f:
+        f.readline()  # the header, checked by _layout
+        carry = b""
+        while block := f.read(_SEGMENT_BYTES):
+            data = carry + block if carry else block
+            cut = data.rfind(b"\n") + 1
+            carry = data[cut:]
+            if cut:
+                yield memoryview(data)[:cut]  # no copy
+        if carry:
+            yield carry
+
+
+def _arrow_chunks(layout: _Layout, chunk_rows: int) -> Iterator[pa.Table]:
+    """The file's rows parsed by pyarrow a segment at a time, re-cut into tables of exactly `chunk_rows` rows
+    (the last may be shorter).
+
+    Slicing is zero-copy; a segment's memory is released once no pending slice refers to it.
+    """
+    options = _arrow_options(layout)
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
-    for batch in pacsv.open_csv(layout.stream(), **_arrow_options(layout)):
-        pending.append(batch)
-        pending_rows += batch.num_rows
+    for segment in _segments(layout):
+        table = pacsv.read_csv(pa.BufferReader(segment), **options)
+        pending += table.to_batches()
+        pending_rows += table.num_rows
         while pending_rows >= chunk_rows:
             table = pa.Table.from_batches(pending)
             yield table.slice(0, chunk_rows)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fashiondist.cli import main
+from fashiondist.data import csvio
 from fashiondist.data.csvio import iter_csv_chunks, read_competition_csv, write_competition_csv
 from fashiondist.data.sources import load_data
 from fashiondist.errors import CsvError
@@ -180,6 +181,29 @@ def test_chunk_errors_use_absolute_lines_and_see_earlier_chunks(small_csvs, tmp_
     assert yielded == [4] * 6  # lines 2..25
 
     bad = _corrupt(small_csvs["test"], lambda L: _set_cell(L, 23, 700, "nan"), tmp_path / "nan.csv")
+    with pytest.raises(CsvError, match=r"line 23, column '699': pixel value 'nan' is not an integer$"):
+        list(iter_csv_chunks(bad, chunk_rows=4))
+
+
+@pytest.mark.parametrize("segment_bytes", [1000, 5000])  # shorter than a row (~2 KB), and a few rows
+def test_small_segments_read_the_same_rows_and_errors(small_csvs, tmp_path, monkeypatch, segment_bytes):
+    """pyarrow parses the file a segment at a time; segment cuts fall mid-row and are invisible."""
+    whole = read_competition_csv(small_csvs["train"])
+    monkeypatch.setattr(csvio, "_SEGMENT_BYTES", segment_bytes)
+    text = small_csvs["train"].read_bytes()
+    variants = {
+        "plain.csv": text,
+        "crlf.csv": text.replace(b"\n", b"\r\n"),
+        "no-final-newline.csv": text.rstrip(b"\n"),
+        "gzipped.csv.gz": gzip.compress(text),
+    }
+    for name, data in variants.items():
+        (tmp_path / name).write_bytes(data)
+        back = read_competition_csv(tmp_path / name)
+        np.testing.assert_array_equal(back.images, whole.images, err_msg=name)
+        np.testing.assert_array_equal(back.ids, whole.ids, err_msg=name)
+        np.testing.assert_array_equal(back.labels, whole.labels, err_msg=name)
+    bad = _corrupt(small_csvs["train"], lambda L: _set_cell(L, 23, 700, "nan"), tmp_path / "nan.csv")
     with pytest.raises(CsvError, match=r"line 23, column '699': pixel value 'nan' is not an integer$"):
         list(iter_csv_chunks(bad, chunk_rows=4))
 
