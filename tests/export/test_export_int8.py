@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from trained_models import SampleSplit
 
 from fashiondist.cli import main
 from fashiondist.export.exporter import REPORT_NAME, export_checkpoint
+from fashiondist.export.quantize import short_convs
 from fashiondist.inference.session import open_session
 
 CALIBRATION = 4096  # training images for calibration, as `fashiondist export` takes them
@@ -41,6 +43,34 @@ def test_int8_kept_when_accuracy_holds(trained_run: Path, split: SampleSplit, tm
     assert len(np.unique(probs)) > 1000  # the softmax stays float32: probabilities are not rounded to 1/255
     saved = json.loads((tmp_path / REPORT_NAME).read_text())
     assert saved["int8"]["accepted"] is True
+
+    graph = onnx.load(tmp_path / "model.int8.onnx").graph
+    made_by = {output: node.op_type for node in graph.node for output in node.output}
+    (conv,) = [node for node in graph.node if node.op_type == "Conv"]  # cnn's 1 -> 32 first conv
+    assert conv.input[1] not in made_by  # a 9-term dot product stays float32: a plain initializer
+    weighted = [node for node in graph.node if node.op_type in ("Gemm", "MatMul")]
+    assert weighted and all(made_by.get(node.input[1]) == "DequantizeLinear" for node in weighted)
+
+
+def test_short_convs_are_the_grey_input_convs():
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [
+                onnx.helper.make_node("Conv", ["x", "w1"], ["h"], name="first"),
+                onnx.helper.make_node("Conv", ["h", "w2"], ["y"], name="second"),
+                onnx.helper.make_node("Conv", ["y", "w3"], ["z"], name="depthwise", group=32),
+            ],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 28, 28])],
+            [onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+            [
+                onnx.numpy_helper.from_array(np.zeros((32, 1, 3, 3), np.float32), "w1"),
+                onnx.numpy_helper.from_array(np.zeros((32, 32, 3, 3), np.float32), "w2"),
+                onnx.numpy_helper.from_array(np.zeros((32, 1, 3, 3), np.float32), "w3"),
+            ],
+        )
+    )
+    assert short_convs(model) == ["first", "depthwise"]
 
 
 def test_int8_refused_when_calibrated_on_blank_images(trained_run: Path, split: SampleSplit, tmp_path: Path):
