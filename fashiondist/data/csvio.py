@@ -163,7 +163,8 @@ def _arrow_options(layout: _Layout) -> dict:
     if layout.labelled:
         types[names[1]] = pa.int64()
     return {
-        "read_options": pacsv.ReadOptions(column_names=names, block_size=_BLOCK_BYTES),  # segments hold no header
+        # the segments hold no header line
+        "read_options": pacsv.ReadOptions(column_names=names, block_size=_BLOCK_BYTES),
         # every physical line is a row, so row i is line i + 2 and errors can be placed exactly
         "parse_options": pacsv.ParseOptions(ignore_empty_lines=False),
         # no null markers: an empty or "NaN" cell is a conversion error, not a silent null
