@@ -9,8 +9,8 @@ directory beside the file (`fashiondist export RUN` writes RUN/model.onnx; a swe
 else fresh weights for the architecture in the file's metadata (same speed; the JSON says which).
 
 End to end: each as its own process, timed from start to exit with its output file written: `python -m
-fashiondist infer CSV --model X.onnx --out ...` against `python predict_pandas_torch.py CSV CHECKPOINT OUT`
-(fashiondist/bench/user_script.py). Both write Id,Label; the benchmark checks the Ids match and reports how
+fashiondist infer CSV --model X.onnx --out ...` (and the same with the `--int8` model, when given) against
+`python predict_pandas_torch.py CSV CHECKPOINT OUT` (fashiondist/bench/user_script.py). Both write Id,Label; the benchmark checks the Ids match and reports how
 often the labels agree.
 """
 
@@ -40,6 +40,7 @@ ORT_FP32 = "onnxruntime_fp32"
 ORT_INT8 = "onnxruntime_int8"
 EAGER = "torch_eager"
 INFER = "fashiondist_infer"
+INFER_INT8 = "fashiondist_infer_int8"
 SCRIPT = "pandas_torch_script"
 WARMUP_CALLS = 3
 
@@ -222,6 +223,12 @@ def _run_timed(command: list[str], out: Path, env: dict[str, str], name: str) ->
     return seconds
 
 
+def _infer_command(bench: InferBench, model: Path, out: Path) -> list[str]:
+    command = [sys.executable, "-m", "fashiondist", "infer", str(bench.csv), "--model", str(model)]
+    command += ["--out", str(out), "--provider", bench.provider]
+    return command + (["--threads", str(bench.threads)] if bench.threads else [])
+
+
 def _read_submission(path: Path) -> np.ndarray:
     return np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)  # [N, 2]: Id, Label
 
@@ -244,32 +251,16 @@ def _end_to_end(
             checkpoint = save_model(
                 tmp / "fresh", model, metadata["model"], kwargs, len(class_names), class_names
             )
-        outs = {INFER: tmp / "infer.csv", SCRIPT: tmp / "script.csv"}
-        infer = [
+        models = {INFER: bench.model, **({INFER_INT8: bench.int8} if bench.int8 else {})}
+        outs = {name: tmp / f"{name}.csv" for name in (*models, SCRIPT)}
+        commands = {name: _infer_command(bench, model, outs[name]) for name, model in models.items()}
+        commands[SCRIPT] = [
             sys.executable,
-            "-m",
-            "fashiondist",
-            "infer",
+            str(write_script(tmp)),
             str(bench.csv),
-            "--model",
-            str(bench.model),
-            "--out",
-            str(outs[INFER]),
-            "--provider",
-            bench.provider,
+            str(checkpoint),
+            str(outs[SCRIPT]),
         ]
-        if bench.threads:
-            infer += ["--threads", str(bench.threads)]
-        commands = {
-            INFER: infer,
-            SCRIPT: [
-                sys.executable,
-                str(write_script(tmp)),
-                str(bench.csv),
-                str(checkpoint),
-                str(outs[SCRIPT]),
-            ],
-        }
         for name, command in commands.items():  # warm-up: the OS file cache, Python's bytecode cache
             _run_timed(command, outs[name], env, name)
         seconds: dict[str, list[float]] = {name: [] for name in commands}
@@ -288,7 +279,9 @@ def _end_to_end(
         "commands": {name: " ".join(command) for name, command in commands.items()},
         "seconds": {name: Stat.of(s).to_dict() for name, s in seconds.items()},
         "rows_per_s": {name: Stat.of([rows / x for x in s]).to_dict() for name, s in seconds.items()},
-        "ratios": {f"{SCRIPT}/{INFER}": Stat.ratio(seconds[SCRIPT], seconds[INFER]).to_dict()},
+        "ratios": {
+            f"{SCRIPT}/{name}": Stat.ratio(seconds[SCRIPT], seconds[name]).to_dict() for name in models
+        },
         "check": {
             "same_ids_in_order": same_ids,
             "label_agreement": agreement,
@@ -379,13 +372,13 @@ def infer_tables(result: dict[str, Any], caption: str) -> list[Any]:
         race = Table(title=f"end to end on {e2e['rows']:,} rows: process start to CSV written")
         for column in ("command", "seconds", "rows/s", "speed-up"):
             race.add_column(column, justify="left" if column == "command" else "right")
-        speedup = fmt_ratio(Stat.of(e2e["ratios"][f"{SCRIPT}/{INFER}"]["samples"]))
-        for name in (INFER, SCRIPT):
+        for name in e2e["seconds"]:
+            ratio = e2e["ratios"].get(f"{SCRIPT}/{name}")
             race.add_row(
                 name,
                 fmt_seconds(Stat.of(e2e["seconds"][name]["samples"])),
                 fmt_rate(Stat.of(e2e["rows_per_s"][name]["samples"])),
-                speedup if name == INFER else "1.00x",
+                fmt_ratio(Stat.of(ratio["samples"])) if ratio else "1.00x",
             )
         tables.append(race)
     return tables

@@ -127,8 +127,10 @@ def test_infer_bench_ratios_and_end_to_end(exported, tmp_path, capsys, monkeypat
         for stat in (*row["images_per_s"].values(), *row["ratios"].values()):
             _positive_stat(stat)
     e2e = payload["end_to_end"]
-    assert e2e["rows"] == 1000 and set(e2e["seconds"]) == {"fashiondist_infer", "pandas_torch_script"}
+    assert e2e["rows"] == 1000
+    assert set(e2e["seconds"]) == {"fashiondist_infer", "fashiondist_infer_int8", "pandas_torch_script"}
     _positive_stat(e2e["ratios"]["pandas_torch_script/fashiondist_infer"])
+    _positive_stat(e2e["ratios"]["pandas_torch_script/fashiondist_infer_int8"])
     # the two processes did the same job: same Ids in order, and (same weights) nearly the same labels
     assert e2e["check"]["same_ids_in_order"] is True
     assert e2e["check"]["label_agreement"] >= 0.99
