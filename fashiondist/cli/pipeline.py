@@ -14,7 +14,9 @@ from fashiondist.cli._common import stdout_console
 from fashiondist.config import TrainConfig
 
 
-def run_pipeline(configs: list[TrainConfig], parent: Path | None, test_csv: str | None = None) -> int:
+def run_pipeline(
+    configs: list[TrainConfig], parent: Path | None, test_csv: str | None = None, quantize: str | None = None
+) -> int:
     from fashiondist.data.sources import load_data
     from fashiondist.engine.progress import TrainProgress
     from fashiondist.engine.trainer import Trainer, make_accelerator
@@ -45,11 +47,17 @@ def run_pipeline(configs: list[TrainConfig], parent: Path | None, test_csv: str 
             f"{r.images_per_s:,.0f} images/s, {r.train_seconds:.1f} s of training -> {r.run_dir}"
         )
         return 0
-    return _select_and_ship(results, parent, configs[0].data, test_csv, out, console)
+    return _select_and_ship(results, parent, configs[0].data, test_csv, quantize, out, console)
 
 
-def _select_and_ship(results, parent: Path, data_spec: str, test_csv: str | None, out: Console, log: Console) -> int:
-    """Report every variant, export the best to parent/model.onnx, and with `test_csv` write the submission."""
+def _select_and_ship(
+    results, parent: Path, data_spec: str, test_csv: str | None, quantize: str | None, out: Console, log: Console
+) -> int:
+    """Report every variant, export the best to parent/model.onnx, and with `test_csv` write the submission.
+
+    With `quantize`, the int8 model is exported too and, when its accuracy holds, writes the submission
+    (faster on the CPU); when it is refused, the float model does and the report says why.
+    """
     from fashiondist.config import Tta
     from fashiondist.evaluation.html import write_report
     from fashiondist.evaluation.plots import COMPARISON_FILE
@@ -62,15 +70,25 @@ def _select_and_ship(results, parent: Path, data_spec: str, test_csv: str | None
     tta = Tta(best.summary.get("tta") or Tta.NONE.value)
     export = export_checkpoint(
         best.run_dir, model_path, images=checks.images, labels=checks.labels, tta=tta,
+        calibration_images=checks.calibration_images, quantize=quantize,
         log=lambda message: log.print(message, highlight=False),
     )  # fmt: skip
     out.print(report_table(export))
     shipped = {"best model": best.name, "ONNX model": str(model_path), "parity max |prob diff|": f"{export.max_abs_diff:.2e}"}
+    serving = model_path
+    if export.int8 is not None:
+        if export.int8_refusal is None:
+            serving = Path(export.int8.path)
+            shipped["int8 model"] = (
+                f"{serving} (validation accuracy {export.int8.int8_accuracy:.2%} vs {export.int8.fp32_accuracy:.2%} fp32)"
+            )
+        else:
+            shipped["int8 model"] = export.int8_refusal
     if test_csv is not None:
         from fashiondist.inference.run import infer_csv
 
-        submission = infer_csv(model_path, test_csv, parent / "submission.csv")
-        shipped["submission"] = f"{submission.out} ({submission.rows:,} rows)"
+        submission = infer_csv(serving, test_csv, parent / "submission.csv")
+        shipped["submission"] = f"{submission.out} ({submission.rows:,} rows, {serving.name})"
     write_report(parent, variants, best, extra=shipped, comparison_plot=parent / COMPARISON_FILE)
     out.print(f"best: {best.name} (validation accuracy {best.accuracy:.2%}) -> {parent / 'best.json'}")
     for key, value in shipped.items():

@@ -14,6 +14,7 @@ examples:
   fashiondist train                                  # the default model (convnet) on the bundled sample
   fashiondist train --model cnn-dropout --epochs 5 --precision bf16
   fashiondist train --models all --config launch/experiments/demo.yaml --test testX.csv
+  fashiondist train --models convnet,cnn-dropout --test testX.csv --quantize int8   # submit with the int8 model
   fashiondist train --model convnet --data ../data/fashion-mnist --set model_kwargs.width=1.5
   fashiondist train --model convnet --resume auto    # continue runs/convnet/last if it is there
 
@@ -73,6 +74,11 @@ def register(subparsers) -> None:
     p.add_argument("--log-with", help="an accelerate tracker (tensorboard, wandb, mlflow, ...)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar; one line per epoch (for log files)")
     p.add_argument("--test", metavar="CSV", help="with --models: write OUT/submission.csv for this testX.csv with the best model")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="with --models: also export OUT/model.int8.onnx (kept if within 0.5 points of fp32) and infer --test with it",
+    )
     p.set_defaults(func=run)
 
 
@@ -103,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     names, multi = _model_names(args)
     if args.test and not multi:
         raise InputError("--test needs --models (the multi-model run exports its best variant and infers with it)")
+    if args.quantize and not multi:
+        raise InputError("--quantize needs --models (for one run, use `fashiondist export RUN --quantize int8`)")
     if args.test and not Path(args.test).is_file():
         raise InputError(f"--test {args.test}: no such file (checked before training, not after it)")
     flags = {key: getattr(args, key) for key in _FLAG_KEYS}
@@ -119,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     _check_sweep_wide(configs)
     from fashiondist.cli.pipeline import run_pipeline
 
-    return run_pipeline(configs, parent, test_csv=args.test)
+    return run_pipeline(configs, parent, test_csv=args.test, quantize=args.quantize)
 
 
 def _check_sweep_wide(configs) -> None:

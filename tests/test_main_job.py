@@ -1,0 +1,54 @@
+"""The main job end to end on the bundled sample: train two variants, select, export (and int8), submit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashiondist.cli import main
+from fashiondist.data.csvio import read_competition_csv
+
+SAMPLE_TEST = Path(__file__).resolve().parents[1] / "fashiondist/data/sample/testX.csv.gz"
+
+
+def _submission(path: Path) -> np.ndarray:
+    return np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)  # [N, 2]: Id, Label
+
+
+def test_models_test_quantize_ship_the_best_and_submit_with_the_model_that_serves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    out = tmp_path / "sweep"
+    argv = ["train", "--models", "cnn,convnet", "--epochs", "2", "--out", str(out), "--quiet"]
+    assert main([*argv, "--test", str(SAMPLE_TEST), "--quantize", "int8"]) == 0
+    stdout = capsys.readouterr().out
+
+    best = json.loads((out / "best.json").read_text())
+    assert best["model"] in ("cnn", "convnet")
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["model"] == best["model"] and report["parity_passed"] is True
+    int8 = report["int8"]
+    assert int8 is not None and int8["calibration_images"] > 0
+    # the int8 model serves when the accuracy gate kept it; otherwise the float model does, and we say why
+    serving = out / ("model.int8.onnx" if int8["accepted"] else "model.onnx")
+    assert (out / "model.int8.onnx").is_file() == int8["accepted"]
+    assert f"submission: {out / 'submission.csv'} (1,000 rows, {serving.name})" in stdout
+    if not int8["accepted"]:
+        assert "int8 model: int8 model refused" in stdout
+
+    submitted = _submission(out / "submission.csv")
+    np.testing.assert_array_equal(submitted[:, 0], read_competition_csv(SAMPLE_TEST).ids)  # input order
+    again = tmp_path / "again.csv"
+    assert main(["infer", str(SAMPLE_TEST), "--model", str(serving), "--out", str(again)]) == 0
+    np.testing.assert_array_equal(_submission(again), submitted)  # the serving model wrote it
+
+
+def test_quantize_needs_models(capsys: pytest.CaptureFixture[str]):
+    assert main(["train", "--model", "cnn", "--quantize", "int8"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "fashiondist: error: --quantize needs --models "
+        "(for one run, use `fashiondist export RUN --quantize int8`)"
+    )
