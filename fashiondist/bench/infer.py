@@ -10,8 +10,8 @@ else fresh weights for the architecture in the file's metadata (same speed; the 
 
 End to end: each as its own process, timed from start to exit with its output file written: `python -m
 fashiondist infer CSV --model X.onnx --out ...` (and the same with the `--int8` model, when given) against
-`python predict_pandas_torch.py CSV CHECKPOINT OUT` (fashiondist/bench/user_script.py). Both write Id,Label; the benchmark checks the Ids match and reports how
-often the labels agree.
+`python predict_pandas_torch.py CSV CHECKPOINT OUT` (fashiondist/bench/user_script.py). All write Id,Label;
+the benchmark checks the Ids match and reports how often the labels agree.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@
 Pixels are read by position, never by name: the competition's train file named them 1..784 and its test
 file 0..783. We write the same names, so a round trip through our own files proves the reader ignores them.
 
-Reading has two speeds. The fast path streams the file through pyarrow's C++ CSV reader with strict
-column types (Id and Label int64, pixels uint8: an empty, NaN, fractional or out-of-range pixel fails the
-conversion) and re-cuts its blocks into chunks of rows; a 10,000-row testX.csv parses in about 0.15 s on two
-cores. Only when pyarrow refuses a block do we re-read from the current chunk line by line in Python, to
-name the exact line and column its message lacks. Duplicate Ids and labels outside 0..K-1 are checked on
-the parsed arrays, across chunks.
+Reading has two speeds. The fast path hands the file, a segment of whole lines at a time, to pyarrow's C++
+CSV reader with strict column types (Id and Label int64, pixels uint8: an empty, NaN, fractional or
+out-of-range pixel fails the conversion) and re-cuts its tables into chunks of rows; a 10,000-row testX.csv
+parses in about 0.15 s on two cores. Only when pyarrow refuses a segment do we re-read from the current
+chunk line by line in Python, to name the exact line and column its message lacks. Duplicate Ids and labels
+outside 0..K-1 are checked on the parsed arrays, across chunks.
 
 Line numbers are what an editor shows: the header is line 1, the first data row line 2. pyarrow is told not
 to skip empty lines, so data row i is always line i + 2. This module is torch-free (the inference stage uses it).
@@ -445,9 +445,9 @@ def _arrow_chunks(layout: _Layout, chunk_rows: int) -> Iterator[pa.Table]:
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     for segment in _segments(layout):
-        table = pacsv.read_csv(pa.BufferReader(segment), **options)
-        pending += table.to_batches()
-        pending_rows += table.num_rows
+        parsed = pacsv.read_csv(pa.BufferReader(segment), **options)
+        pending += parsed.to_batches()
+        pending_rows += parsed.num_rows
         while pending_rows >= chunk_rows:
             table = pa.Table.from_batches(pending)
             yield table.slice(0, chunk_rows)
