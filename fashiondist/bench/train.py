@@ -7,9 +7,12 @@
     dataloader  what most users write: a per-sample Dataset of PIL images with torchvision transforms
                 (RandomHorizontalFlip, RandomCrop(28, padding=2), PILToTensor) in a torch DataLoader
                 (num_workers 0 as on a laptop; `--loader-workers 0,2` adds 2), feeding the same bare step
+    keras       with `--keras PYTHON`: the notebook's own Keras model of the same variant (cnn, cnn-dropout),
+                trained by `model.fit` under that interpreter in a child process (`keras_twin.py`)
 
-Ratios: engine/bare_step (how close the pipeline gets to the ceiling) and engine/dataloader (what the engine
-saves over the usual code); and, per pipeline, each mixed precision over fp32 ("no").
+Ratios: engine/bare_step (how close the pipeline gets to the ceiling), engine/dataloader (what the engine
+saves over the usual code) and engine/keras (against the notebook's framework, on the same machine in the
+same run); and, per pipeline, each mixed precision over fp32 ("no").
 
 Method: accelerate fixes the precision for a process's life, so each (repeat, precision) block gets a fresh
 accelerator (accelerate's state reset) and fresh seeded models; within a block each model measures its
@@ -24,9 +27,13 @@ does not expose its step as a function, so keep the two in step when the trainer
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,11 +46,13 @@ from fashiondist.data.device import Layout, TrainBatches
 from fashiondist.data.sources import Dataset, load_data
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.trainer import build_optimizer, make_accelerator, micro_step, seed_step
-from fashiondist.errors import InputError
+from fashiondist.errors import FashiondistError, InputError
 from fashiondist.models.registry import create_model, model_recipe
 
 ENGINE = "engine"
 BARE = "bare_step"
+KERAS = "keras"
+KERAS_TWINS = ("cnn", "cnn-dropout")  # the notebook's models that keras_twin.py builds
 _FLOAT_PRECISION = Precision.NO.value
 
 
@@ -65,10 +74,12 @@ class TrainBench:
     loader_workers: tuple[int, ...] = (0,)
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None: torch's default (one per core)
+    keras: str | None = None  # a Python interpreter with Keras 3: adds the `keras` pipeline
 
     @property
     def pipelines(self) -> tuple[str, ...]:
-        return (ENGINE, BARE, *(loader_name(w) for w in self.loader_workers))
+        keras = (KERAS,) if self.keras else ()
+        return (ENGINE, BARE, *(loader_name(w) for w in self.loader_workers), *keras)
 
     def check(self) -> None:
         for key in ("batch_size", "steps", "repeats"):
@@ -82,6 +93,13 @@ class TrainBench:
             raise InputError("bench train measures one process; run it without accelerate launch or torchrun")
         if Precision.FP16.value in self.precisions and not torch.cuda.is_available():
             raise InputError("--precision fp16: needs a CUDA GPU (on the CPU use bf16)")
+        if self.keras:
+            strangers = [m for m in self.models if m not in KERAS_TWINS]
+            if strangers:
+                raise InputError(
+                    f"--keras: {', '.join(strangers)} has no Keras twin; only the notebook's "
+                    f"{' and '.join(KERAS_TWINS)} do (drop the others from --models)"
+                )
 
 
 @dataclass
@@ -270,13 +288,52 @@ def run_train_bench(bench: TrainBench, log: Callable[[str], None] = print) -> di
         raise InputError(
             f"--batch-size {bench.batch_size} is larger than the {len(data.images)} images of --data {bench.data}"
         )
-    with torch_threads(bench.threads):
-        samples, configs, device = _measure_all(bench, data, log)
-    return _result(bench, data, samples, configs, device)
+    with tempfile.TemporaryDirectory(prefix="fashiondist-keras-") as tmp, torch_threads(bench.threads):
+        twin = _KerasTwin(bench.keras, data, Path(tmp)) if bench.keras else None
+        samples, configs, device = _measure_all(bench, data, log, twin)
+    result = _result(bench, data, samples, configs, device)
+    if twin is not None:
+        result["settings"]["keras"] = {"python": twin.python, "version": twin.version}
+    return result
+
+
+class _KerasTwin:
+    """The `keras` pipeline: `keras_twin.py` under another interpreter, on this benchmark's images (saved once)."""
+
+    def __init__(self, python: str, data: Dataset, tmp: Path):
+        self.python = python
+        self.num_classes = data.num_classes
+        probe = _run([python, "-c", "import keras, numpy; print(keras.__version__, keras.backend.backend())"])
+        if probe.returncode != 0:
+            last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+            raise InputError(f"--keras {python}: cannot import keras and numpy there ({last})")
+        self.version = probe.stdout.strip()
+        self.images, self.labels = tmp / "images.npy", tmp / "labels.npy"
+        np.save(self.images, np.ascontiguousarray(data.images))
+        np.save(self.labels, np.asarray(data.labels))
+
+    def rate(self, bench: TrainBench, name: str, precision: str) -> float:
+        settings = {
+            "model": name, "precision": precision, "num_classes": self.num_classes, "batch_size": bench.batch_size,
+            "warmup": bench.warmup, "steps": bench.steps, "seed": bench.seed,
+        }  # fmt: skip
+        script = str(Path(__file__).with_name("keras_twin.py"))
+        done = _run([self.python, script, str(self.images), str(self.labels), json.dumps(settings)])
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise FashiondistError(f"--keras {self.python}: the Keras {name} {precision} run failed ({last})")
+        return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"])
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    except OSError as e:  # no such interpreter, not executable
+        raise InputError(f"--keras {argv[0]}: cannot run it ({e.strerror})") from None
 
 
 def _measure_all(
-    bench: TrainBench, data: Dataset, log: Callable[[str], None]
+    bench: TrainBench, data: Dataset, log: Callable[[str], None], twin: _KerasTwin | None = None
 ) -> tuple[dict[tuple[str, str, str], list[float]], dict[tuple[str, str], TrainConfig], str]:
     samples: dict[tuple[str, str, str], list[float]] = {}
     device = None
@@ -293,7 +350,10 @@ def _measure_all(
                 setup = _setup(cfg, acc, data)
                 try:
                     for pipeline in rotation(bench.pipelines, repeat):
-                        rate = _measure(bench, _pipeline(pipeline, setup, data), acc.device)
+                        if pipeline == KERAS and twin is not None:
+                            rate = twin.rate(bench, name, precision)
+                        else:
+                            rate = _measure(bench, _pipeline(pipeline, setup, data), acc.device)
                         samples.setdefault((name, precision, pipeline), []).append(rate)
                 finally:
                     for close in setup.closers:
@@ -318,6 +378,8 @@ def _result(
             ratios = {f"{ENGINE}/{BARE}": Stat.ratio(got[ENGINE], got[BARE])}
             for w in bench.loader_workers:
                 ratios[f"{ENGINE}/{loader_name(w)}"] = Stat.ratio(got[ENGINE], got[loader_name(w)])
+            if KERAS in got:
+                ratios[f"{ENGINE}/{KERAS}"] = Stat.ratio(got[ENGINE], got[KERAS])
             cfg = configs[(name, precision)]
             rows.append(
                 {
@@ -375,13 +437,14 @@ def train_tables(result: dict[str, Any], caption: str) -> list[Any]:
     from fashiondist.bench.report import fmt_rate, fmt_ratio
 
     settings = result["settings"]
-    loaders = [p for p in settings["pipelines"] if p.startswith("dataloader")]
+    # the DataLoaders, then Keras when it was measured
+    others = [p for p in settings["pipelines"] if p not in (ENGINE, BARE)]
     table = Table(
         title=f"training images/s, batch {settings['batch_size']}, {settings['steps']} timed steps, "
         f"median and min-max of {settings['repeats']} repeats on {settings['device']}",
         caption=caption,
     )
-    names = {p: p.replace("dataloader_w", "DataLoader w") for p in loaders}
+    names = {p: p.replace("dataloader_w", "DataLoader w").replace(KERAS, "Keras") for p in others}
     for column in (
         "model",
         "precision",
@@ -389,18 +452,19 @@ def train_tables(result: dict[str, Any], caption: str) -> list[Any]:
         "bare step",
         *names.values(),
         "engine / bare",
-        *(f"engine / {names[p]}" for p in loaders),
+        *(f"engine / {names[p]}" for p in others),
     ):
         table.add_column(column, justify="left" if column in ("model", "precision") else "right")
     for row in result["results"]:
         rates = [fmt_rate(_stat(row["images_per_s"][p])) for p in settings["pipelines"]]
-        ratios = [fmt_ratio(_stat(row["ratios"][f"{ENGINE}/{p}"])) for p in (BARE, *loaders)]
+        ratios = [fmt_ratio(_stat(row["ratios"][f"{ENGINE}/{p}"])) for p in (BARE, *others)]
         table.add_row(row["model"], row["precision"], *rates, *ratios)
     tables: list[Any] = [table]
     if result["precision_ratios"]:
         mixed = Table(title="mixed precision speed-up over fp32 (paired per repeat)")
         shown = {
-            p: p.replace("dataloader_w", "DataLoader w").replace("_", " ") for p in settings["pipelines"]
+            p: p.replace("dataloader_w", "DataLoader w").replace("_", " ").replace(KERAS, "Keras")
+            for p in settings["pipelines"]
         }
         for column in ("model", "ratio", *shown.values()):
             mixed.add_column(column, justify="left" if column in ("model", "ratio") else "right")

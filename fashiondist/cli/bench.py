@@ -27,12 +27,14 @@ TRAIN_DESCRIPTION = """\
 Training images/s of the engine's device-resident pipeline (TrainBatches + on-device augmentation + the
 trainer's accelerate step), of the bare model step on one ready batch (the ceiling), and of a conventional
 torch DataLoader over a per-sample Dataset with torchvision transforms (what most users write), for each
-model and precision. Prints engine/bare and engine/DataLoader, and each mixed precision over fp32.
+model and precision; with --keras PYTHON, of the notebook's own Keras model too, trained by Keras under
+that interpreter. Prints engine/bare, engine/DataLoader (and engine/Keras), and each mixed precision over fp32.
 
 examples:
   fashiondist bench train --models cnn-dropout --batch-size 128 --precision bf16
   fashiondist bench train --models cnn-dropout,convnet --precision no,bf16 --loader-workers 0,2 --json train.json
   fashiondist bench train --models convnet --data ../shared/data/fashion-mnist --steps 200
+  fashiondist bench train --models cnn-dropout --precision bf16 --keras tf-venv/bin/python
 """
 
 INFER_DESCRIPTION = """\
@@ -172,6 +174,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="torch CPU threads (default: torch's, one per core)",
     )
+    train.add_argument(
+        "--keras",
+        default=None,
+        metavar="PYTHON",
+        help="also train the notebook's own Keras model (cnn, cnn-dropout) with this Python interpreter, "
+        "which must have Keras 3, and print engine/Keras (e.g. a venv with tensorflow-cpu: venv/bin/python)",
+    )
     _common(train, repeats=3)
     train.set_defaults(func=run_train)
 
@@ -298,7 +307,7 @@ def run_train(args: argparse.Namespace) -> int:
     precisions = args.precision or (("no", "bf16", "fp16") if torch.cuda.is_available() else ("no", "bf16"))
     bench = TrainBench(
         models=tuple(args.models), data=args.data, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-        precisions=tuple(precisions), repeats=args.repeats, loader_workers=tuple(args.loader_workers), seed=args.seed, threads=args.threads,
+        precisions=tuple(precisions), repeats=args.repeats, loader_workers=tuple(args.loader_workers), seed=args.seed, threads=args.threads, keras=args.keras,
     )  # fmt: skip
     machine = describe_machine()
     with CpuShare() as share:

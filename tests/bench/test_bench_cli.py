@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,6 +162,24 @@ def test_train_bench_pipelines_precisions_and_ratios(tmp_path, capsys, monkeypat
         _positive_stat(stat)
 
 
+@pytest.mark.skipif(
+    not os.environ.get("FASHIONDIST_KERAS_PYTHON"),
+    reason="set FASHIONDIST_KERAS_PYTHON to a Python with Keras 3 (Keras is not a dependency)",
+)
+def test_train_bench_races_the_notebooks_keras_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    json_path = tmp_path / "train.json"
+    argv = ["bench", "train", "--models", "cnn,cnn-dropout", "--batch-size", "32", "--steps", "3", "--warmup", "1"]
+    keras = os.environ["FASHIONDIST_KERAS_PYTHON"]
+    assert main([*argv, "--precision", "bf16", "--repeats", "1", "--keras", keras, "--json", str(json_path)]) == 0
+    payload = json.loads(json_path.read_text())
+    assert payload["settings"]["pipelines"][-1] == "keras"
+    assert payload["settings"]["keras"]["python"] == keras
+    for row in payload["results"]:
+        _positive_stat(row["images_per_s"]["keras"])
+        _positive_stat(row["ratios"]["engine/keras"])
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -172,6 +192,18 @@ def test_train_bench_pipelines_precisions_and_ratios(tmp_path, capsys, monkeypat
         (
             ["bench", "infer", "--model", "missing.onnx", "--csv", str(SAMPLE_TEST)],
             "--model missing.onnx: no such file",
+        ),
+        (
+            ["bench", "train", "--models", "cnn-dropout,convnet", "--keras", sys.executable],
+            "--keras: convnet has no Keras twin",
+        ),
+        (
+            ["bench", "train", "--models", "cnn", "--keras", "no/such/python"],
+            "--keras no/such/python: cannot run it (No such file or directory)",
+        ),
+        (  # this interpreter has no Keras (it is not a dependency)
+            ["bench", "train", "--models", "cnn", "--keras", sys.executable],
+            f"--keras {sys.executable}: cannot import keras and numpy there (ModuleNotFoundError",
         ),
     ],
 )

@@ -1,0 +1,89 @@
+"""The notebook's Keras models, timed the way `bench train` times ours: run by `--keras PYTHON`, not imported.
+
+    PYTHON keras_twin.py IMAGES.npy LABELS.npy SETTINGS_JSON   ->   one JSON line: {"images_per_s": ...}
+
+It runs under an interpreter that has Keras 3 (any backend; TensorFlow is the notebook's) and needs nothing of
+fashiondist, so it imports only the standard library, NumPy and Keras. The models are the notebook's own,
+layer for layer, as Keras builds them: model_1 (`cnn`) and model_2 (`cnn-dropout`), Adam at 1e-3, sparse
+categorical cross-entropy, float pixels scaled to [0, 1] in memory before timing, no augmentation (the
+notebook had none, so Keras is spared the flip and shift our engine does). Timing: `model.fit` over
+`warmup` batches (at least one: tracing and compilation), then `model.fit` over `steps` batches, timed from
+the first batch's start to the last batch's end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+POLICIES = {"no": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def build(name: str, num_classes: int, keras):
+    from keras import layers
+
+    if name == "cnn":
+        body = [layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
+                layers.Dense(64, activation="relu")]  # fmt: skip
+    elif name == "cnn-dropout":
+        body = [
+            layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2), layers.Dropout(0.2),
+            layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(2), layers.Dropout(0.4),
+            layers.Conv2D(128, 3, padding="same", activation="relu"), layers.MaxPooling2D(2), layers.Dropout(0.4),
+            layers.Flatten(), layers.Dense(128, activation="relu"),
+        ]  # fmt: skip
+    else:
+        raise SystemExit(f"keras_twin: no Keras twin for model {name!r}")
+    # the softmax stays float32 under the mixed policies, as Keras's mixed-precision guide has it
+    head = layers.Dense(num_classes, activation="softmax", dtype="float32")
+    return keras.Sequential([keras.Input((28, 28, 1)), *body, head])
+
+
+def _step_clock(keras):
+    """A callback that times from the first batch's start to the last batch's end: the steps, not `fit`'s set-up
+    (its data adapter over the NumPy arrays) and tear-down, which a longer run would amortise."""
+
+    class Clock(keras.callbacks.Callback):
+        start = end = 0.0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.end = time.perf_counter()
+
+    return Clock()
+
+
+def main(argv: list[str]) -> int:
+    import numpy as np
+
+    images_path, labels_path, settings = argv[1], argv[2], json.loads(argv[3])
+    import keras
+
+    keras.utils.set_random_seed(settings["seed"])
+    keras.mixed_precision.set_global_policy(POLICIES[settings["precision"]])
+    # at least one untimed batch: the first fit traces and compiles the step
+    batch, warmup, steps = settings["batch_size"], max(1, settings["warmup"]), settings["steps"]
+    images = np.load(images_path)
+    labels = np.load(labels_path).astype("int64")
+    need = batch * (warmup + steps)
+    reps = -(-need // len(images))  # repeat a small data set until it covers the timed batches
+    x = np.tile(images, (reps, 1, 1))[:need, :, :, None].astype("float32") / 255.0
+    y = np.tile(labels, reps)[:need]
+    model = build(settings["model"], settings["num_classes"], keras)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    cut = batch * warmup
+    model.fit(x[:cut], y[:cut], batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    clock = _step_clock(keras)
+    model.fit(x[cut:], y[cut:], batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[clock])
+    seconds = clock.end - clock.start
+    rate = steps * batch / seconds
+    print(json.dumps({"images_per_s": rate, "keras": keras.__version__, "backend": keras.backend.backend()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
