@@ -15,3 +15,8 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     return env
+
+
+def last_line(stderr: str, empty: str) -> str:
+    """The last line a failed child wrote (its error, as a rule), or `empty` when it wrote nothing."""
+    return (stderr.strip().splitlines() or [empty])[-1]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fashiondist.bench.child import child_env
+from fashiondist.bench.child import child_env, last_line
 from fashiondist.bench.stats import Stat, calls_for, rotation, timed, torch_threads
 from fashiondist.bench.user_script import write_script
 from fashiondist.constants import IMAGE_SHAPE
@@ -218,7 +218,7 @@ def _run_timed(command: list[str], out: Path, env: dict[str, str], name: str) ->
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0 or not out.is_file():
-        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        last = last_line(done.stderr, "(no message)")
         raise FashiondistError(f"bench infer: {name} failed with exit code {done.returncode}: {last}")
     return seconds
 

@@ -20,24 +20,33 @@ import time
 POLICIES = {"no": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
-def build(name: str, num_classes: int, keras):
-    from keras import layers
+def _cnn_body(layers) -> list:
+    """model_1: conv 32, pool, dense 64."""
+    return [layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
+            layers.Dense(64, activation="relu")]  # fmt: skip
 
-    if name == "cnn":
-        body = [layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
-                layers.Dense(64, activation="relu")]  # fmt: skip
-    elif name == "cnn-dropout":
-        body = [
-            layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2), layers.Dropout(0.2),
-            layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(2), layers.Dropout(0.4),
-            layers.Conv2D(128, 3, padding="same", activation="relu"), layers.MaxPooling2D(2), layers.Dropout(0.4),
-            layers.Flatten(), layers.Dense(128, activation="relu"),
-        ]  # fmt: skip
-    else:
+
+def _cnn_dropout_body(layers) -> list:
+    """model_2: three conv-pool-dropout stages (the first conv valid, the others same), dense 128."""
+    return [
+        layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2), layers.Dropout(0.2),
+        layers.Conv2D(64, 3, padding="same", activation="relu"), layers.MaxPooling2D(2), layers.Dropout(0.4),
+        layers.Conv2D(128, 3, padding="same", activation="relu"), layers.MaxPooling2D(2), layers.Dropout(0.4),
+        layers.Flatten(), layers.Dense(128, activation="relu"),
+    ]  # fmt: skip
+
+
+_BODIES = {"cnn": _cnn_body, "cnn-dropout": _cnn_dropout_body}
+# our model names that have a Keras twin here (`bench train --keras` checks --models against it)
+TWINS = tuple(_BODIES)
+
+
+def build(name: str, num_classes: int, keras):
+    if name not in _BODIES:
         raise SystemExit(f"keras_twin: no Keras twin for model {name!r}")
     # the softmax stays float32 under the mixed policies, as Keras's mixed-precision guide has it
-    head = layers.Dense(num_classes, activation="softmax", dtype="float32")
-    return keras.Sequential([keras.Input((28, 28, 1)), *body, head])
+    head = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")
+    return keras.Sequential([keras.Input((28, 28, 1)), *_BODIES[name](keras.layers), head])
 
 
 def _step_clock(keras):

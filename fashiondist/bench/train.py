@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from fashiondist.bench.child import last_line
+from fashiondist.bench.keras_twin import TWINS as KERAS_TWINS
 from fashiondist.bench.stats import Stat, rotation, timed, torch_threads
 from fashiondist.config import Precision, TrainConfig, resolve_config
 from fashiondist.data.device import Layout, TrainBatches
@@ -52,7 +54,6 @@ from fashiondist.models.registry import create_model, model_recipe
 ENGINE = "engine"
 BARE = "bare_step"
 KERAS = "keras"
-KERAS_TWINS = ("cnn", "cnn-dropout")  # the notebook's models that keras_twin.py builds
 _FLOAT_PRECISION = Precision.NO.value
 
 
@@ -305,7 +306,7 @@ class _KerasTwin:
         self.num_classes = data.num_classes
         probe = _run([python, "-c", "import keras, numpy; print(keras.__version__, keras.backend.backend())"])
         if probe.returncode != 0:
-            last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+            last = last_line(probe.stderr, "no output")
             raise InputError(f"--keras {python}: cannot import keras and numpy there ({last})")
         self.version = probe.stdout.strip()
         self.images, self.labels = tmp / "images.npy", tmp / "labels.npy"
@@ -320,7 +321,7 @@ class _KerasTwin:
         script = str(Path(__file__).with_name("keras_twin.py"))
         done = _run([self.python, script, str(self.images), str(self.labels), json.dumps(settings)])
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            last = last_line(done.stderr, "no output")
             raise FashiondistError(f"--keras {self.python}: the Keras {name} {precision} run failed ({last})")
         return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"])
 

@@ -16,8 +16,6 @@ from fashiondist.constants import IMAGE_SHAPE, INFER_BATCH_SIZE
 from fashiondist.data.csvio import DEFAULT_CHUNK_ROWS, iter_csv_chunks
 from fashiondist.inference.session import ModelSession
 
-DEFAULT_BATCH_SIZE = INFER_BATCH_SIZE
-
 
 @dataclass(frozen=True)
 class ChunkPrediction:
@@ -31,7 +29,7 @@ class ChunkPrediction:
 
 
 def predict_proba(
-    model: ModelSession, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+    model: ModelSession, images: np.ndarray, batch_size: int = INFER_BATCH_SIZE
 ) -> np.ndarray:
     """uint8 images [N, 28, 28] or [N, 1, 28, 28] -> float32 probabilities [N, K], in batches."""
     if images.dtype != np.uint8:
@@ -46,7 +44,7 @@ def predict_proba(
 def predict_csv(
     model: ModelSession,
     csv_path: str | os.PathLike,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = INFER_BATCH_SIZE,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,  # the data layer's: memory is bounded by one chunk, whatever the rows
     on_rows: Callable[[int], None] | None = None,
 ) -> Iterator[ChunkPrediction]:

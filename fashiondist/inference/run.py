@@ -8,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fashiondist.constants import INFER_BATCH_SIZE
 from fashiondist.errors import InputError
-from fashiondist.inference.predict import DEFAULT_BATCH_SIZE, predict_csv
+from fashiondist.inference.predict import predict_csv
 from fashiondist.inference.session import ModelSession, open_session
 from fashiondist.inference.submission import open_submission
 
@@ -27,7 +28,7 @@ def infer_csv(
     model_path: str | os.PathLike,
     csv_path: str | os.PathLike,
     out: str | os.PathLike,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = INFER_BATCH_SIZE,
     provider: str = "auto",
     threads: int | None = None,
     probs: bool = False,
