@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fashiondist.atomic_io import write_text
 from fashiondist.errors import InputError
 
 
@@ -247,11 +248,6 @@ def sweep_models(config_file: str | Path | None) -> list[str] | None:
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
-    import os
-
     import yaml
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

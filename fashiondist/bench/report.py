@@ -6,14 +6,12 @@ Table cells show the median over the repeats with the min-max on a second line: 
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
+from fashiondist.atomic_io import write_json
 from fashiondist.bench.machine import load_average
 from fashiondist.bench.stats import Stat
-from fashiondist.data.atomic import atomic_write
 from fashiondist.errors import InputError
 
 
@@ -66,21 +64,6 @@ def check_json_target(path: str | Path | None) -> Path | None:
     return path
 
 
-def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+def write_bench_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write `payload` (with the load average at the end of the run added) atomically; no NaN allowed."""
-    path = Path(path)
-    payload = {**payload, "load_average_end": load_average()}
-    text = json.dumps(payload, indent=2, allow_nan=False, default=_jsonable)
-    with atomic_write(path) as handle:
-        handle.write((text + "\n").encode())
-    return path
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Stat):
-        return value.to_dict()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return write_json(path, {**payload, "load_average_end": load_average()})

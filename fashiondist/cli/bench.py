@@ -276,7 +276,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _finish(result: dict, machine: dict, json_path: Path | None, tables: Callable[[dict, str], list]) -> int:
     from fashiondist.bench.machine import machine_line
-    from fashiondist.bench.report import results_console, write_json
+    from fashiondist.bench.report import results_console, write_bench_json
 
     payload = {"machine": machine, **result}
     out = results_console()
@@ -284,7 +284,7 @@ def _finish(result: dict, machine: dict, json_path: Path | None, tables: Callabl
     for table in tables(payload, caption):
         out.print(table)
     if json_path is not None:
-        write_json(json_path, payload)
+        write_bench_json(json_path, payload)
         out.print(f"wrote {json_path}")
     return 0
 

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from fashiondist.atomic_io import atomic_write
 from fashiondist.constants import (
     ID_COLUMN,
     IMAGE_HEIGHT,
@@ -37,7 +38,6 @@ from fashiondist.constants import (
     NUM_PIXELS,
     PIXEL_MAX,
 )
-from fashiondist.data.atomic import atomic_write
 from fashiondist.errors import CsvError, InputError
 
 TRAIN_COLUMNS = 2 + NUM_PIXELS  # Id, Label, 784 pixels

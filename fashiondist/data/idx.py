@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fashiondist.atomic_io import atomic_write
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
-from fashiondist.data.atomic import atomic_write
 from fashiondist.errors import InputError
 
 UINT8_TYPE = 0x08  # the only IDX element type Fashion-MNIST uses

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fashiondist.atomic_io import atomic_write
 from fashiondist.constants import FASHION_MNIST_CLASSES
-from fashiondist.data.atomic import atomic_write
 from fashiondist.data.csvio import write_competition_csv
 from fashiondist.data.idx import find_idx_file, read_idx_pair, write_idx
 from fashiondist.errors import FashiondistError, InputError

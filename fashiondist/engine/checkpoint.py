@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from fashiondist.data.atomic import atomic_write
+from fashiondist.atomic_io import write_json
 from fashiondist.errors import InputError
 
 TRAINER_STATE = "trainer_state.json"
@@ -44,11 +44,6 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         os.replace(target, aside)
     os.replace(tmp, target)
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def write_json(path: Path, data: Any) -> None:
-    with atomic_write(path) as fh:
-        fh.write((json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
 def save_last(

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashiondist.atomic_io import atomic_write
 from fashiondist.config import Tta
-from fashiondist.data.atomic import atomic_write
 from fashiondist.data.device import shard_for_eval
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from fashiondist import __version__
+from fashiondist.atomic_io import write_json
 from fashiondist.config import Tta
 from fashiondist.data.sources import load_data
-from fashiondist.engine.checkpoint import write_json
 from fashiondist.engine.evaluate import predict_probs, save_predictions
 from fashiondist.errors import InputError
 from fashiondist.models.checkpoint import load_model, resolve_model_dir

@@ -27,8 +27,8 @@ from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file
 
 from fashiondist import __version__
+from fashiondist.atomic_io import atomic_write
 from fashiondist.config import Optimizer, Precision, TrainConfig, save_yaml
-from fashiondist.data.atomic import atomic_write
 from fashiondist.data.device import Layout, TrainBatches
 from fashiondist.data.sources import Dataset
 from fashiondist.data.split import stratified_split

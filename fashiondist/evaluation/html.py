@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fashiondist import __version__
-from fashiondist.evaluation._files import write_text_atomic
+from fashiondist.atomic_io import write_text
 from fashiondist.evaluation.leaderboard import COLUMNS, SELECTION_RULE, leaderboard_rows, rank
 from fashiondist.evaluation.plots import PLOT_FILES
 from fashiondist.evaluation.report import VariantResult
@@ -68,7 +68,7 @@ def write_report(
     title = f"fashiondist report: {parent_dir.resolve().name}"
     body = [_header(title, results, best, sections)]
     body += [_section(anchor, heading, content) for anchor, heading, content in sections]
-    return write_text_atomic(parent_dir / REPORT_FILE, _page(title, body))
+    return write_text(parent_dir / REPORT_FILE, _page(title, body))
 
 
 def _page(title: str, sections: list[str]) -> str:

@@ -22,8 +22,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from fashiondist.atomic_io import write_json, write_text
 from fashiondist.errors import InputError
-from fashiondist.evaluation._files import write_json_atomic, write_text_atomic
 from fashiondist.evaluation.report import VariantResult
 
 LEADERBOARD_FILES = {"md": "leaderboard.md", "csv": "leaderboard.csv", "json": "leaderboard.json"}
@@ -129,9 +129,9 @@ def write_leaderboard(parent_dir: str | Path, results: Sequence[VariantResult]) 
     parent_dir = Path(parent_dir)
     rows = leaderboard_rows(results)
     return {
-        "md": write_text_atomic(parent_dir / LEADERBOARD_FILES["md"], render_markdown(rows)),
-        "csv": write_text_atomic(parent_dir / LEADERBOARD_FILES["csv"], render_csv(rows)),
-        "json": write_json_atomic(
+        "md": write_text(parent_dir / LEADERBOARD_FILES["md"], render_markdown(rows)),
+        "csv": write_text(parent_dir / LEADERBOARD_FILES["csv"], render_csv(rows)),
+        "json": write_json(
             parent_dir / LEADERBOARD_FILES["json"], {"sorted_by": SELECTION_RULE, "rows": rows}
         ),
     }
@@ -148,7 +148,7 @@ def write_best(parent_dir: str | Path, best: VariantResult) -> Path:
         "macro_f1": best.macro_f1,
         "selected_by": SELECTION_RULE,
     }
-    return write_json_atomic(parent_dir / BEST_FILE, payload)
+    return write_json(parent_dir / BEST_FILE, payload)
 
 
 def print_leaderboard(

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from fashiondist.atomic_io import to_jsonable, write_json
 from fashiondist.errors import InputError
-from fashiondist.evaluation._files import to_jsonable, write_json_atomic
 
 PREDICTIONS_FILE = "val_predictions.npz"  # y_true int64 [M], probs float32 [M, K]
 SUMMARY_FILE = "summary.json"
@@ -232,5 +232,5 @@ def evaluate_run(run_dir: str | Path) -> VariantResult:
         y_true, probs, summary["class_names"], source=str(run_dir / PREDICTIONS_FILE)
     )
     result = VariantResult(run_dir.resolve().name, run_dir, metrics, summary, history)
-    write_json_atomic(run_dir / EVALUATION_FILE, result.to_dict())
+    write_json(run_dir / EVALUATION_FILE, result.to_dict())
     return result

@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from fashiondist import __version__
+from fashiondist.atomic_io import atomic_write
 from fashiondist.config import Tta
 from fashiondist.constants import IMAGE_SHAPE, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, PIXEL_MAX
-from fashiondist.data.atomic import atomic_write
 from fashiondist.errors import FashiondistError, InputError
 from fashiondist.export.parity import (
     MIN_IMAGES_PER_SIZE,

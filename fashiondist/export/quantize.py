@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from fashiondist.atomic_io import atomic_write
 from fashiondist.constants import IMAGE_SHAPE, ONNX_INPUT_NAME
-from fashiondist.data.atomic import atomic_write
 from fashiondist.errors import FashiondistError
 from fashiondist.export.parity import ort_cpu_session, ort_predict
 

@@ -1,6 +1,6 @@
 """The submission CSV: `Id,Label` (plus `prob_0..prob_{K-1}` on request), one row per input row, in order.
 
-Rows stream into the data layer's atomic temp file, which replaces the target only when every row is
+Rows stream into an atomic temp file (`fashiondist.atomic_io`), which replaces the target only when every row is
 written; on any error the temp file is removed and no output file remains.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fashiondist.atomic_io import atomic_write
 from fashiondist.constants import SUBMISSION_COLUMNS
-from fashiondist.data.atomic import atomic_write
 from fashiondist.errors import InputError
 
 

@@ -8,18 +8,18 @@ weights load strictly. Both files are written to a temp file and renamed, so a c
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from fashiondist import __version__
+from fashiondist.atomic_io import write_bytes, write_text
 from fashiondist.errors import InputError
 from fashiondist.models.base import Classifier
 from fashiondist.models.registry import create_model
@@ -55,15 +55,6 @@ def _clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_model(
     directory: str | Path,
     model: nn.Module,
@@ -91,10 +82,8 @@ def save_model(
     }
     text = json.dumps(meta, indent=2)  # fails before any file is touched if extra_meta is not JSON
     tensors = _clean_state_dict(model)
-    _write_atomic(
-        directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"})
-    )
-    _write_atomic(directory / META_FILE, lambda tmp: tmp.write_text(text + "\n"))
+    write_bytes(directory / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
+    write_text(directory / META_FILE, text + "\n")
     return directory
 
 
