@@ -247,6 +247,11 @@ def sweep_models(config_file: str | Path | None) -> list[str] | None:
     return models
 
 
+def load_saved_config(path: str | Path) -> TrainConfig:
+    """A run's resolved config as `save_yaml` wrote it, every key checked like any config file's."""
+    return apply_overrides(TrainConfig(), load_yaml(path), source=str(path))
+
+
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
     import yaml
 

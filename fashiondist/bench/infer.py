@@ -131,9 +131,9 @@ def find_weights(onnx_path: Path, metadata: dict[str, str], checkpoint: Path | N
 def _eager_model(metadata: dict[str, str], weights: Weights, device: str):
     """ProbsHead(model): what was exported, in PyTorch, in eval mode on `device`."""
     from fashiondist.config import Tta
-    from fashiondist.export.exporter import ProbsHead
     from fashiondist.models.checkpoint import load_model
     from fashiondist.models.registry import create_model
+    from fashiondist.models.tta import ProbsHead
 
     if weights.checkpoint is not None:
         model, _ = load_model(weights.checkpoint)

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fashiondist.errors import FashiondistError, InputError
-    from fashiondist.export.exporter import export_checkpoint, load_check_images, report_table
+    from fashiondist.export.check_images import load_check_images
+    from fashiondist.export.exporter import export_checkpoint
 
     log = Console(stderr=True, soft_wrap=True)
     checkpoint = Path(args.checkpoint)
@@ -102,9 +103,52 @@ def run(args: argparse.Namespace) -> int:
         max_int8_drop=args.max_int8_drop,
         log=lambda message: log.print(message, highlight=False),
     )
-    Console().print(report_table(report))
+    Console().print(export_table(report))
     if report.int8_refusal:
         raise FashiondistError(
             report.int8_refusal, hint="export without --quantize, or calibrate on more training images"
         )
     return 0
+
+
+def export_table(report):
+    """A rich Table of the parity rows (and the int8 comparison, when there is one)."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"onnxruntime vs PyTorch: {report.model}, tta {report.tta}, opset {report.opset}",
+        caption=f"{report.onnx_path}, {report.file_bytes / 1e6:.2f} MB, tolerance {report.parity_atol:g}",
+    )
+    for column in ("batch size", "images", "max |prob diff|", "argmax agreement", "check"):
+        table.add_column(column, justify="right")
+    for row in report.parity:
+        table.add_row(
+            str(row.batch_size),
+            str(row.images),
+            f"{row.max_abs_diff:.2e}",
+            f"{row.argmax_agreement:.2%}",
+            "[green]pass[/]" if row.passed(report.parity_atol) else "[red]FAIL[/]",
+        )
+    if report.int8 is None:
+        return table
+    q = report.int8
+    int8 = Table(title=f"int8 (static QDQ, per-channel) on {q.images} validation images")
+    for column in ("model", "accuracy", "img/s (batch 256)", "MB"):
+        int8.add_column(column, justify="right")
+    int8.add_row(
+        "fp32", f"{q.fp32_accuracy:.2%}", f"{q.fp32_images_per_s:,.0f}", f"{report.file_bytes / 1e6:.2f}"
+    )
+    verdict = (
+        "[green]kept[/]"
+        if q.accepted
+        else f"[red]refused: -{q.drop_points:.2f} pts > {q.max_drop_points:g}[/]"
+    )
+    int8.add_row(
+        f"int8 ({verdict})",
+        f"{q.int8_accuracy:.2%}",
+        f"{q.int8_images_per_s:,.0f}",
+        f"{q.file_bytes / 1e6:.2f}",
+    )
+    from rich.console import Group
+
+    return Group(table, int8)

@@ -1,6 +1,6 @@
 """Evaluation on every rank: each rank predicts its shard, the shards are gathered, every sample counts once.
 
-Test-time policy (flip averaging) is `predict_probs`, a function of its own, never inside a model's forward.
+Test-time policy (flip averaging) is `models.tta.tta_probs`, the same function the exported ONNX graph runs.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import torch
 from fashiondist.atomic_io import atomic_write
 from fashiondist.config import Tta
 from fashiondist.data.device import shard_for_eval
+from fashiondist.metrics import accuracy
+from fashiondist.models.tta import tta_probs
 
 
 @torch.no_grad()
@@ -36,10 +38,7 @@ def predict_probs(
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size]
         with autocast():
-            probs = model(x).float().softmax(dim=1)
-            if tta is Tta.FLIP:
-                probs = 0.5 * (probs + model(x.flip(3)).float().softmax(dim=1))
-        out.append(probs)
+            out.append(tta_probs(model, x, tta))
     model.train(was_training)
     return torch.cat(out)
 
@@ -69,8 +68,8 @@ def evaluate(accelerator, model, images: torch.Tensor, labels: torch.Tensor, bat
     gathered_probs = accelerator.gather(probs)[:n].cpu()
     gathered_labels = accelerator.gather(labels[index])[:n].cpu()
     nll = -torch.log(gathered_probs.gather(1, gathered_labels[:, None]).clamp_min(1e-12)).mean()
-    accuracy = (gathered_probs.argmax(1) == gathered_labels).double().mean()
-    return EvalResult(gathered_probs.numpy(), gathered_labels.numpy(), float(nll), float(accuracy))
+    probs_np, labels_np = gathered_probs.numpy(), gathered_labels.numpy()
+    return EvalResult(probs_np, labels_np, float(nll), accuracy(labels_np, probs_np.argmax(1)))
 
 
 PREDICTIONS_FILE = "val_predictions.npz"

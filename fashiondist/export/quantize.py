@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from fashiondist.atomic_io import atomic_write
+from fashiondist.atomic_io import write_bytes
 from fashiondist.constants import IMAGE_SHAPE, ONNX_INPUT_NAME
 from fashiondist.errors import FashiondistError
-from fashiondist.export.parity import ort_cpu_session, ort_predict
+from fashiondist.inference.predict import predict_proba
+from fashiondist.inference.session import ModelSession, open_model_bytes, open_session
+from fashiondist.metrics import accuracy
 
 # Only the weighted layers: a quantized Softmax would round the probabilities to 1/255 steps (ties in the
 # argmax, a coarse --probs), and quantized pooling only adds (de)quantize pairs around a cheap op.
@@ -126,13 +128,12 @@ def quantize_int8(
 
     log(f"comparing int8 with fp32 on {len(images)} validation images")
     pixels = np.ascontiguousarray(images).reshape(-1, *IMAGE_SHAPE)  # [N, 28, 28] -> [N, 1, 28, 28]
-    fp32_acc, fp32_speed = _accuracy_and_speed(ort_cpu_session(str(fp32_path)), pixels, labels)
-    int8_acc, int8_speed = _accuracy_and_speed(ort_cpu_session(blob), pixels, labels)
+    fp32_acc, fp32_speed = _accuracy_and_speed(open_session(fp32_path, "cpu"), pixels, labels)
+    int8_acc, int8_speed = _accuracy_and_speed(open_model_bytes(blob, int8_path), pixels, labels)
     drop = 100.0 * (fp32_acc - int8_acc)
     accepted = drop <= max_drop_points
     if accepted:
-        with atomic_write(int8_path) as handle:
-            handle.write(blob)
+        write_bytes(int8_path, blob)
         log(f"wrote {int8_path} ({len(blob) / 1e6:.2f} MB)")
     return QuantReport(
         path=str(int8_path) if accepted else "",
@@ -160,14 +161,13 @@ def short_convs(model: onnx.ModelProto) -> list[str]:
     return names
 
 
-def _accuracy_and_speed(session, pixels: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+def _accuracy_and_speed(session: ModelSession, pixels: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Accuracy on `pixels`, and images/s at batch 256 (best of 3 passes over up to 2048 images)."""
-    probs = ort_predict(session, pixels, SPEED_BATCH)
-    accuracy = float(np.mean(probs.argmax(1) == labels))
+    probs = predict_proba(session, pixels, SPEED_BATCH)
     timed = pixels[: 8 * SPEED_BATCH]
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        ort_predict(session, timed, SPEED_BATCH)
+        predict_proba(session, timed, SPEED_BATCH)
         best = min(best, time.perf_counter() - start)
-    return accuracy, len(timed) / best
+    return accuracy(labels, probs.argmax(1)), len(timed) / best

@@ -1,6 +1,6 @@
 """An onnxruntime session over a fashiondist ONNX model, with the model contract checked up front.
 
-The contract (SPEC.md): one input `pixels`, uint8 [N, 1, 28, 28] with N dynamic; an output `probs`, float32
+The contract: one input `pixels`, uint8 [N, 1, 28, 28] with N dynamic; an output `probs`, float32
 [N, K]; metadata_props naming the package version, the model variant, K, the class names and the validation
 accuracy. A file that breaks it is refused with one InputError line naming the file, before any row is read.
 
@@ -100,13 +100,30 @@ def open_session(path: str | os.PathLike, provider: str = "auto", threads: int |
             session = _create(path, PROVIDER_LISTS["cpu"], threads)
     else:
         session = _create_on_gpu(path, provider, threads)
+    return _checked(session, path)
+
+
+def open_model_bytes(model: bytes, path: str | os.PathLike) -> ModelSession:
+    """A CPU session over a model still in memory, to be written to `path` (named in errors), contract checked.
+
+    What the export stage's checks run before anything is written, on the same options as `infer --provider cpu`.
+    """
+    path = Path(path)
+    return _checked(_create(path, PROVIDER_LISTS["cpu"], None, model), path)
+
+
+def _checked(session: ort.InferenceSession, path: Path) -> ModelSession:
     num_classes, class_names, metadata = check_contract(session, path)
     return ModelSession(path, session, session.get_providers()[0], num_classes, class_names, metadata)
 
 
-def _create(path: Path, providers: list[str], threads: int | None) -> ort.InferenceSession:
+def _create(
+    path: Path, providers: list[str], threads: int | None, model: bytes | None = None
+) -> ort.InferenceSession:
+    """A session over `model` (serialised bytes) when given, else over the file `path`."""
+    source = str(path) if model is None else model
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+        return ort.InferenceSession(source, sess_options=session_options(threads), providers=providers)
     except _LOAD_ERRORS as err:
         reason = str(err).split("failed:", 1)[-1].strip().replace("\n", " ")
         raise InputError(f"{path}: not a readable ONNX model ({reason})") from None

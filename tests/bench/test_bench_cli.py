@@ -83,7 +83,8 @@ def test_time_to_accuracy_reports_each_target(tta, capsys):
 @pytest.fixture(scope="module")
 def exported(tta) -> tuple[Path, Path]:
     """The tta run's best weights exported beside it (run/model.onnx, run/model.int8.onnx), as `export` does."""
-    from fashiondist.export.exporter import export_checkpoint, load_check_images
+    from fashiondist.export.check_images import load_check_images
+    from fashiondist.export.exporter import export_checkpoint
 
     run = Path(tta[0]["runs"][0]["run_dir"])
     checks = load_check_images("sample", run)

@@ -13,14 +13,8 @@ from trained_models import SampleSplit
 
 from fashiondist.cli import main
 from fashiondist.errors import FashiondistError
-from fashiondist.export.exporter import (
-    REPORT_NAME,
-    ExportReport,
-    export_checkpoint,
-    export_model,
-    model_metadata,
-)
-from fashiondist.export.parity import PARITY_ATOL
+from fashiondist.export.exporter import REPORT_NAME, ExportReport, export_checkpoint, export_model
+from fashiondist.export.graph import PARITY_ATOL, model_metadata
 from fashiondist.inference.session import REQUIRED_METADATA, open_session
 from fashiondist.models import create_model, list_models
 
