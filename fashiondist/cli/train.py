@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fashiondist.cli._common import add_data_option, formatter
+from fashiondist.cli._common import add_data_option, formatter, stdout_console
 from fashiondist.config import Optimizer, Precision, Schedule, Tta
 from fashiondist.models.registry import list_models
 
@@ -125,9 +125,32 @@ def run(args: argparse.Namespace) -> int:
             cfg.out = str(parent / cfg.model)
         configs.append(cfg)
     _check_sweep_wide(configs)
-    from fashiondist.cli.pipeline import run_pipeline
+    from fashiondist.pipeline import run_main_job
 
-    return run_pipeline(configs, parent, test_csv=args.test, quantize=args.quantize)
+    out = stdout_console()
+    job = run_main_job(configs, parent, test_csv=args.test, quantize=args.quantize, results=out)
+    if not job.main_process or job.preempted:
+        return 0
+    if job.shipment is None:
+        r = job.runs[0]
+        out.print(
+            f"{r.model}: best validation accuracy {r.best_val_acc:.4f} at epoch {r.best_epoch}/{r.epochs_done}, "
+            f"{r.images_per_s:,.0f} images/s, {r.train_seconds:.1f} s of training -> {r.run_dir}"
+        )
+        return 0
+    _print_shipment(out, job.shipment, parent)
+    return 0
+
+
+def _print_shipment(out, shipment, parent: Path) -> None:
+    from fashiondist.cli.export import export_table
+
+    out.print(export_table(shipment.export))
+    best = shipment.best
+    out.print(f"best: {best.name} (validation accuracy {best.accuracy:.2%}) -> {parent / 'best.json'}")
+    for key, value in shipment.summary.items():
+        out.print(f"{key}: {value}", highlight=False)
+    out.print(f"leaderboard: {parent / 'leaderboard.md'}\nreport: {shipment.report}", highlight=False)
 
 
 def _check_sweep_wide(configs) -> None:

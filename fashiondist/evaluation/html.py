@@ -42,7 +42,7 @@ nav a { margin-right: 1rem; }
 """
 
 
-def write_report(
+def write_html_report(
     parent_dir: str | Path,
     results: Sequence[VariantResult],
     best: VariantResult,

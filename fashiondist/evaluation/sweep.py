@@ -5,8 +5,9 @@
 
 A sweep writes, per variant, evaluation.json and the four plots into its run directory, and into the sweep
 directory the comparison plot, leaderboard.{md,csv,json}, best.json (the export stage's input) and
-report.html; the leaderboard goes to the given console (stdout). A single run gets its evaluation.json,
-plots and its own report.html.
+report.html; the leaderboard goes to the given console (stdout). The main job calls `evaluate_sweep` (all
+but report.html) and writes report.html once, at its end, with the export and submission in it. A single
+run gets its evaluation.json, plots and its own report.html.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from fashiondist.errors import InputError
-from fashiondist.evaluation.html import write_report
+from fashiondist.evaluation.html import write_html_report
 from fashiondist.evaluation.leaderboard import pick_best, print_leaderboard, write_best, write_leaderboard
-from fashiondist.evaluation.plots import write_comparison_plot, write_variant_plots
+from fashiondist.evaluation.plots import COMPARISON_FILE, write_comparison_plot, write_variant_plots
 from fashiondist.evaluation.report import PREDICTIONS_FILE, VariantResult, evaluate_run
 
 
@@ -33,10 +34,22 @@ def report_sweep(
     console: Console,
     extra: dict[str, Any] | None = None,
 ) -> tuple[list[VariantResult], VariantResult]:
-    """Evaluate every run, write all report files, print the leaderboard; return (results, best).
+    """Evaluate every run, write all report files (report.html included), print the leaderboard."""
+    results, best = evaluate_sweep(parent_dir, run_dirs, console)
+    report = write_html_report(
+        parent_dir, results, best, extra, comparison_plot=Path(parent_dir) / COMPARISON_FILE
+    )
+    console.print(f"report: {report}", highlight=False, markup=False)
+    return results, best
 
-    The export stage runs after this (it reads best.json). To add its summary to the report, call
-    `write_report(parent_dir, results, best, extra=summary, comparison_plot=parent_dir / COMPARISON_FILE)`.
+
+def evaluate_sweep(
+    parent_dir: str | Path, run_dirs: Sequence[str | Path], console: Console
+) -> tuple[list[VariantResult], VariantResult]:
+    """Evaluate every run, write every report file but report.html, print the leaderboard; (results, best).
+
+    The export stage runs after this (it reads best.json); then `write_html_report(parent_dir, results, best,
+    extra=summary, comparison_plot=parent_dir / COMPARISON_FILE)` writes the report once, export included.
     """
     if not run_dirs:
         raise InputError(f"{parent_dir}: no run directories to report on")
@@ -45,13 +58,11 @@ def report_sweep(
     _check_unique_names(results)
     for result in results:
         write_variant_plots(result)
-    comparison = write_comparison_plot(parent_dir, results)
+    write_comparison_plot(parent_dir, results)
     best = pick_best(results)
     write_leaderboard(parent_dir, results)
     write_best(parent_dir, best)
-    report = write_report(parent_dir, results, best, extra, comparison_plot=comparison)
     print_leaderboard(console, results, best)
-    console.print(f"report: {report}", highlight=False, markup=False)
     return results, best
 
 
@@ -59,7 +70,7 @@ def report_run(run_dir: str | Path, console: Console) -> VariantResult:
     """Evaluate one run directory: evaluation.json, plots and report.html in it; metrics to the console."""
     result = evaluate_run(run_dir)
     write_variant_plots(result)
-    report = write_report(result.run_dir, [result], result)
+    report = write_html_report(result.run_dir, [result], result)
     print_leaderboard(console, [result])
     print_class_report(console, result)
     console.print(f"report: {report}", highlight=False, markup=False)

@@ -1,0 +1,137 @@
+"""The main job, stage after stage: train every variant -> evaluate and select -> export the best -> submit
+-> report.
+
+    job = run_main_job(configs, Path("runs/sweep"), test_csv="testX.csv", quantize="int8", results=Console())
+    fashiondist train --models all --test testX.csv                         # the same, from the command line
+
+Every process of a launched group trains (DDP); evaluation, export and submission run on the main process
+only, after the others are done with their training. `report.html` is written once, at the end, with what
+was shipped in it. The leaderboard goes to `results` (stdout); progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from fashiondist.config import TrainConfig, Tta
+from fashiondist.evaluation.plots import COMPARISON_FILE
+
+SUBMISSION_FILE = "submission.csv"
+MODEL_FILE = "model.onnx"
+
+
+@dataclass
+class Shipment:
+    """What a multi-model run shipped: the best variant, its export, and the report's summary of both."""
+
+    best: Any  # evaluation.report.VariantResult
+    export: Any  # export.exporter.ExportReport
+    summary: dict[str, str] = field(default_factory=dict)  # label -> text, in the report and on stdout
+    report: Path | None = None  # report.html
+
+
+@dataclass
+class MainJob:
+    runs: list  # engine.trainer.RunResult, one per variant trained
+    main_process: bool
+    preempted: bool
+    shipment: Shipment | None = None  # multi-model runs, on the main process
+
+
+def run_main_job(
+    configs: list[TrainConfig],
+    parent: Path | None,
+    test_csv: str | None = None,
+    quantize: str | None = None,
+    results: Console | None = None,
+) -> MainJob:
+    """Train `configs` one after the other; with a `parent` (a multi-model run) ship the best of them."""
+    log = Console(stderr=True)
+    runs, main_process = train_all(configs, parent, log)
+    preempted = bool(runs and runs[-1].preempted_by)
+    job = MainJob(runs, main_process, preempted)
+    if parent is not None and main_process and not preempted:
+        job.shipment = ship(runs, parent, configs[0].data, test_csv, quantize, results or Console(), log)
+    return job
+
+
+def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> tuple[list, bool]:
+    """(one RunResult per variant, whether this is the main process); stops after a preempted variant."""
+    from fashiondist.data.sources import load_data
+    from fashiondist.engine.progress import TrainProgress
+    from fashiondist.engine.trainer import Trainer, make_accelerator
+
+    accelerator = make_accelerator(configs[0], project_dir=parent or configs[0].run_dir())
+    progress = TrainProgress(enabled=accelerator.is_main_process, quiet=configs[0].quiet, console=log)
+    data = load_data(configs[0].data)
+    runs = []
+    with progress:
+        for cfg in configs:
+            if cfg.log_with:
+                accelerator.init_trackers(cfg.model, config=cfg.to_dict())
+            run = Trainer(cfg, accelerator, data, progress).run()
+            if cfg.log_with:
+                accelerator.end_training()
+            accelerator.free_memory()
+            runs.append(run)
+            if run.preempted_by:
+                break
+    return runs, accelerator.is_main_process
+
+
+def ship(
+    runs: list, parent: Path, data_spec: str, test_csv: str | None, quantize: str | None, results: Console, log: Console
+) -> Shipment:
+    """Report every variant, export the best to parent/model.onnx, with `test_csv` write the submission, and
+    write report.html last.
+
+    With `quantize`, the int8 model is exported too and, when its accuracy holds, writes the submission
+    (faster on the CPU); when it is refused, the float model does and the report says why.
+    """
+    from fashiondist.evaluation.html import write_html_report
+    from fashiondist.evaluation.sweep import evaluate_sweep
+    from fashiondist.export.check_images import load_check_images
+    from fashiondist.export.exporter import export_checkpoint
+
+    variants, best = evaluate_sweep(parent, [r.run_dir for r in runs], results)
+    checks = load_check_images(data_spec, best.run_dir)
+    model_path = parent / MODEL_FILE
+    export = export_checkpoint(
+        best.run_dir, model_path, images=checks.images, labels=checks.labels,
+        tta=Tta(best.summary.get("tta") or Tta.NONE.value), calibration_images=checks.calibration_images,
+        quantize=quantize, log=lambda message: log.print(message, highlight=False),
+    )  # fmt: skip
+    shipment = Shipment(best, export)
+    shipment.summary = {
+        "best model": best.name,
+        "ONNX model": str(model_path),
+        "parity max |prob diff|": f"{export.max_abs_diff:.2e}",
+    }
+    serving = _serving_model(export, model_path, shipment.summary)
+    if test_csv is not None:
+        from fashiondist.inference.run import infer_csv
+
+        submission = infer_csv(serving, test_csv, parent / SUBMISSION_FILE)
+        shipment.summary["submission"] = f"{submission.out} ({submission.rows:,} rows, {serving.name})"
+    shipment.report = write_html_report(
+        parent, variants, best, extra=shipment.summary, comparison_plot=parent / COMPARISON_FILE
+    )
+    return shipment
+
+
+def _serving_model(export, model_path: Path, summary: dict[str, str]) -> Path:
+    """The int8 model when the accuracy gate kept it, else the float one; the summary says which and why."""
+    if export.int8 is None:
+        return model_path
+    if export.int8_refusal is not None:
+        summary["int8 model"] = export.int8_refusal
+        return model_path
+    int8 = export.int8
+    summary["int8 model"] = (
+        f"{int8.path} (validation accuracy {int8.int8_accuracy:.2%} vs {int8.fp32_accuracy:.2%} fp32)"
+    )
+    return Path(int8.path)
