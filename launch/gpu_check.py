@@ -415,47 +415,32 @@ def check_onnxruntime(cfg: CheckConfig, row: OnnxRow, run_dir: Path, onnx_path: 
 
 
 def torch_probs(model, pixels, device: str, batch: int = 1024):
-    import numpy as np
+    """The engine's own prediction (`predict_probs`, the trainer's validation) on uint8 [N, 1, 28, 28]."""
     import torch
 
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(pixels), batch):
-            x = torch.from_numpy(pixels[i : i + batch]).to(device)  # uint8 [B, 1, 28, 28]
-            out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
-    return np.concatenate(out)
+    from fashiondist.engine.evaluate import predict_probs
+
+    return predict_probs(model, torch.from_numpy(pixels).to(device), batch).cpu().numpy()
 
 
 _SESSIONS: dict[tuple, Any] = {}
 
 
 def ort_session(path: Path, cuda: bool, tf32: bool = True):
-    import onnxruntime as ort
+    """The inference stage's own session (`fashiondist infer`'s): its contract check, a GPU run or an error."""
+    from fashiondist.inference.session import open_session
 
     key = (str(path), cuda, tf32)
     if key not in _SESSIONS:
-        if not cuda:
-            _SESSIONS[key] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        else:
-            options = {"use_tf32": "1" if tf32 else "0"}  # a CUDA provider option since onnxruntime 1.16
-            _SESSIONS[key] = ort.InferenceSession(
-                str(path), providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"]
-            )
-            if _SESSIONS[key].get_providers()[0] != "CUDAExecutionProvider":
-                raise RuntimeError(f"onnxruntime lists the CUDA provider but did not use it for {path}")
+        _SESSIONS[key] = open_session(path, "cuda" if cuda else "cpu", exact_fp32=not tf32)
     return _SESSIONS[key]
 
 
 def ort_probs(session, pixels, batch: int = 1024):
-    import numpy as np
+    """The inference stage's own batching (`predict_proba`) on uint8 [N, 1, 28, 28]."""
+    from fashiondist.inference.predict import predict_proba
 
-    from fashiondist.constants import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
-
-    out = [
-        session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: pixels[i : i + batch]})[0]
-        for i in range(0, len(pixels), batch)
-    ]
-    return np.concatenate(out)
+    return predict_proba(session, pixels, batch)
 
 
 def throughput(predict, pixels, smoke: bool) -> float:

@@ -72,12 +72,14 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
-def open_session(path: str | os.PathLike, provider: str = "auto", threads: int | None = None) -> ModelSession:
+def open_session(
+    path: str | os.PathLike, provider: str = "auto", threads: int | None = None, exact_fp32: bool = False
+) -> ModelSession:
     """Open `path` on `provider` (auto, cpu, cuda, tensorrt) and check the fashiondist contract.
 
     `auto` takes CUDA when onnxruntime-gpu sees a GPU, else the CPU. An explicit GPU provider that
     onnxruntime lacks, or that falls back to the CPU when the session starts, is an error, never a quiet
-    CPU run.
+    CPU run. `exact_fp32` turns TF32 off on the CUDA provider (for parity checks against strict fp32).
     """
     path = Path(path)
     if provider not in PROVIDER_CHOICES:
@@ -93,13 +95,13 @@ def open_session(path: str | os.PathLike, provider: str = "auto", threads: int |
         session = _create(path, PROVIDER_LISTS["cpu"], threads)
     elif provider == "auto":
         try:  # onnxruntime-gpu without a usable GPU or CUDA libraries: the CPU, as `auto` promises
-            session = _create_on_gpu(path, "cuda", threads)
+            session = _create_on_gpu(path, "cuda", threads, exact_fp32)
         except InputError:
             raise
         except FashiondistError:
             session = _create(path, PROVIDER_LISTS["cpu"], threads)
     else:
-        session = _create_on_gpu(path, provider, threads)
+        session = _create_on_gpu(path, provider, threads, exact_fp32)
     return _checked(session, path)
 
 
@@ -118,7 +120,7 @@ def _checked(session: ort.InferenceSession, path: Path) -> ModelSession:
 
 
 def _create(
-    path: Path, providers: list[str], threads: int | None, model: bytes | None = None
+    path: Path, providers: list, threads: int | None, model: bytes | None = None
 ) -> ort.InferenceSession:
     """A session over `model` (serialised bytes) when given, else over the file `path`."""
     source = str(path) if model is None else model
@@ -129,7 +131,7 @@ def _create(
         raise InputError(f"{path}: not a readable ONNX model ({reason})") from None
 
 
-def _create_on_gpu(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
+def _create_on_gpu(path: Path, provider: str, threads: int | None, exact_fp32: bool) -> ort.InferenceSession:
     """A session whose first provider is `provider`'s (cuda, tensorrt); FashiondistError if it can't start."""
     wanted, available = ORT_PROVIDERS[provider], ort.get_available_providers()
     if wanted not in available:
@@ -138,7 +140,11 @@ def _create_on_gpu(path: Path, provider: str, threads: int | None) -> ort.Infere
             hint=_GPU_HINT,
         )
     try:
-        session = _create(path, PROVIDER_LISTS[provider], threads)
+        providers = [
+            (name, {"use_tf32": "0"}) if exact_fp32 and name == ORT_PROVIDERS["cuda"] else name
+            for name in PROVIDER_LISTS[provider]
+        ]  # use_tf32: a CUDA provider option since onnxruntime 1.16
+        session = _create(path, providers, threads)
     except InputError:
         raise
     except Exception as err:  # a missing CUDA/cuDNN/TensorRT library, no device: onnxruntime says which
