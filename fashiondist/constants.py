@@ -32,10 +32,10 @@ ID_COLUMN = "Id"
 LABEL_COLUMN = "Label"
 SUBMISSION_COLUMNS = (ID_COLUMN, LABEL_COLUMN)
 
-# ONNX contract (SPEC.md): uint8 `pixels` [N, 1, 28, 28] in, float32 `probs` [N, K] out.
+# ONNX contract: uint8 `pixels` [N, 1, 28, 28] in (N dynamic), float32 `probs` [N, K] out; a client needs
+# nothing but the file (inference/session.py checks it, export/ writes it).
 ONNX_INPUT_NAME = "pixels"
 ONNX_OUTPUT_NAME = "probs"
-ONNX_LOGITS_NAME = "logits"
 
 
 def class_names_for(num_classes: int) -> tuple[str, ...]:

@@ -169,7 +169,7 @@ def _check_predictions(
 
 
 def load_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(y_true [M], probs [M, K]) from the run's .npz, never unpickling anything (SPEC: no pickle)."""
+    """(y_true [M], probs [M, K]) from the run's .npz, never unpickling anything: nothing a run wrote is loaded with pickle."""
     path = Path(run_dir) / PREDICTIONS_FILE
     if not path.is_file():
         raise InputError(f"{path}: not found", hint="evaluate a run directory written by `fashiondist train`")

@@ -1,4 +1,4 @@
-"""onnxruntime batch inference and the submission CSV. No torch: numpy, pandas/pyarrow and onnxruntime only.
+"""onnxruntime batch inference and the submission CSV. No torch: numpy, pyarrow and onnxruntime only.
 
     from fashiondist.inference import open_session, predict_proba, write_submission
     model = open_session("model.onnx", provider="auto")

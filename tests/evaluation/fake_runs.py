@@ -1,4 +1,4 @@
-"""Run directories as the engine writes them (DESIGN.md's contract), with real labels and honest probabilities.
+"""Run directories as the engine writes them (summary.json, metrics.jsonl, val_predictions.npz), with real labels and honest probabilities.
 
 The probabilities come from a seeded generator that is noisy but informative, with the confusions a real
 classifier makes between neighbouring classes. That is honest ground for testing metrics: the tests
@@ -49,7 +49,7 @@ def write_run(
     epochs: int = 6,
     class_names: tuple[str, ...] | None = None,
 ) -> Path:
-    """A run directory with everything the evaluation stage reads, shaped as DESIGN.md's contract."""
+    """A run directory with everything the evaluation stage reads, shaped as the engine writes one."""
     run_dir.mkdir(parents=True, exist_ok=True)
     num_classes = probs.shape[1]
     final_acc = float(np.mean(probs.argmax(axis=1) == y_true))
