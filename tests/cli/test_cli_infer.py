@@ -15,7 +15,7 @@ import torch
 from fashiondist.cli import main
 from fashiondist.data.csvio import write_competition_csv
 from fashiondist.data.sources import load_data, sample_test_labels
-from fashiondist.inference import open_session, open_submission, predict_csv, predict_proba, write_submission
+from fashiondist.inference import open_session, predict_proba
 from fashiondist.models.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,41 +64,12 @@ def test_infer_probs_columns(onnx_model: Path, sample_test_csv: Path, tmp_path: 
     np.testing.assert_array_equal(rows[:, 1], probs.argmax(1))
 
 
-def test_chunked_stream_equals_one_batch(onnx_model: Path, sample_test_csv: Path, tmp_path: Path):
-    """Chunks of 64 rows (the last one partial) and batches of 7 give what one call on every image gives."""
-    model = open_session(onnx_model, "cpu", threads=1)
-    chunks = list(predict_csv(model, sample_test_csv, batch_size=7, chunk_rows=64))
-    assert [len(c.ids) for c in chunks] == [64] * 15 + [40]
-    test = load_data("sample", split="test")
-    np.testing.assert_array_equal(np.concatenate([c.ids for c in chunks]), test.ids)
-    np.testing.assert_allclose(
-        np.concatenate([c.probs for c in chunks]), predict_proba(model, test.images), atol=1e-6
-    )
-
-
 def test_labelled_csv_reports_accuracy(onnx_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     train = load_data("sample", split="train")
     labelled = tmp_path / "train.csv"
     write_competition_csv(labelled, train.ids[:300], train.images[:300], train.labels[:300])
     assert main(["infer", str(labelled), "--model", str(onnx_model), "--out", str(tmp_path / "s.csv")]) == 0
     assert "on its labels" in capsys.readouterr().out
-
-
-def test_write_submission_is_atomic_and_ordered(tmp_path: Path):
-    out = tmp_path / "submission.csv"
-    write_submission(out, np.array([30, 10, 20]), np.array([4, 0, 2], dtype=np.int64))
-    assert out.read_text() == "Id,Label\n30,4\n10,0\n20,2\n"
-    with pytest.raises(RuntimeError), open_submission(out) as writer:
-        writer.write(np.array([1]), np.array([1]))
-        raise RuntimeError("a failure half way")
-    assert out.read_text() == "Id,Label\n30,4\n10,0\n20,2\n"  # the old file is untouched
-    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # and no temp file is left
-
-
-def test_auto_provider_is_cpu_without_gpu_onnxruntime(onnx_model: Path):
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("onnxruntime-gpu is installed: auto may pick CUDA")
-    assert open_session(onnx_model, "auto").provider == "CPUExecutionProvider"
 
 
 def test_explicit_gpu_provider_fails_loudly_without_it(

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from fashiondist.bench.stats import Stat, rotation
 from fashiondist.cli import main
 from fashiondist.data.sources import SAMPLE_DIR, SAMPLE_TEST_CSV
 
@@ -226,9 +225,3 @@ def test_bad_list_options_are_refused_by_the_parser(capsys):
             main(argv)
         assert exit_info.value.code == 2
     assert "--targets: '92': an accuracy is a fraction in (0, 1]" in capsys.readouterr().err
-
-
-def test_ratios_pair_repeats_and_rotation_moves_the_first_variant():
-    assert Stat.ratio([4.0, 9.0], [2.0, 3.0]).samples == (2.0, 3.0)
-    assert Stat.of([3.0, 1.0, 2.0]).median == 2.0
-    assert [rotation(["a", "b", "c"], r)[0] for r in range(3)] == ["a", "b", "c"]
