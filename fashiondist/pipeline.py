@@ -84,7 +84,13 @@ def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> 
 
 
 def ship(
-    runs: list, parent: Path, data_spec: str, test_csv: str | None, quantize: str | None, results: Console, log: Console
+    runs: list,
+    parent: Path,
+    data_spec: str,
+    test_csv: str | None,
+    quantize: str | None,
+    results: Console,
+    log: Console,
 ) -> Shipment:
     """Report every variant, export the best to parent/model.onnx, with `test_csv` write the submission, and
     write report.html last.

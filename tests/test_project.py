@@ -16,14 +16,15 @@ BIN = Path(sys.executable).parent
 
 
 def _tool(name: str) -> str:
+    """A dev tool's path; a missing one fails the test (CI installs the `dev` extra), never skips it."""
     path = BIN / name if (BIN / name).exists() else shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (it comes with the `dev` extra)")
+        pytest.fail(f"{name} is not installed: install the `dev` extra (pip install -e '.[dev]')")
     return str(path)
 
 
 def test_import_layers_hold():
-    """data -> models -> engine -> evaluation -> export -> inference -> cli, and inference is torch-free."""
+    """data -> models -> engine -> evaluation -> inference -> export -> pipeline -> cli; inference is torch-free."""
     proc = subprocess.run([_tool("lint-imports")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "0 broken" in proc.stdout
@@ -87,3 +88,9 @@ def test_a_missing_test_csv_is_refused_before_training(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"fashiondist: error: --test {tmp_path / 'nope.csv'}: no such file (checked before training, not after it)"
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_missing_dev_tool_fails_instead_of_skipping(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(pytest.fail.Exception, match="no-such-linter is not installed"):
+        _tool("no-such-linter")
