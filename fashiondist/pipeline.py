@@ -28,7 +28,7 @@ MODEL_FILE = "model.onnx"
 class Shipment:
     """What a multi-model run shipped: the best variant, its export, and the report's summary of both."""
 
-    best: Any  # evaluation.report.VariantResult
+    best: Any  # evaluation.scores.VariantResult
     export: Any  # export.exporter.ExportReport
     summary: dict[str, str] = field(default_factory=dict)  # label -> text, in the report and on stdout
     report: Path | None = None  # report.html
@@ -119,7 +119,7 @@ def ship(
     }
     serving = _serving_model(export, model_path, shipment.summary)
     if test_csv is not None:
-        from fashiondist.inference.run import infer_csv
+        from fashiondist.inference.job import infer_csv
 
         submission = infer_csv(serving, test_csv, parent / SUBMISSION_FILE)
         shipment.summary["submission"] = f"{submission.out} ({submission.rows:,} rows, {serving.name})"

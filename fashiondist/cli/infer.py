@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    from fashiondist.inference.run import infer_csv
+    from fashiondist.inference.job import infer_csv
     from fashiondist.inference.session import open_session
 
     model = open_session(args.model, args.provider, args.threads)

@@ -20,7 +20,7 @@ from fashiondist import __version__
 from fashiondist.atomic_io import write_text
 from fashiondist.evaluation.leaderboard import COLUMNS, SELECTION_RULE, leaderboard_rows, rank
 from fashiondist.evaluation.plots import PLOT_FILES
-from fashiondist.evaluation.report import VariantResult
+from fashiondist.evaluation.scores import VariantResult
 
 REPORT_FILE = "report.html"
 Section = tuple[str, str, str]  # (anchor id, heading, HTML content)

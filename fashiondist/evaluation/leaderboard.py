@@ -24,7 +24,7 @@ from rich.text import Text
 
 from fashiondist.atomic_io import write_json, write_text
 from fashiondist.errors import InputError
-from fashiondist.evaluation.report import VariantResult
+from fashiondist.evaluation.scores import VariantResult
 
 LEADERBOARD_FILES = {"md": "leaderboard.md", "csv": "leaderboard.csv", "json": "leaderboard.json"}
 BEST_FILE = "best.json"

@@ -11,7 +11,7 @@ from fake_runs import informative_probs
 from sklearn import metrics as skm
 
 from fashiondist.errors import InputError
-from fashiondist.evaluation.report import evaluate_predictions, evaluate_run
+from fashiondist.evaluation.scores import evaluate_predictions, evaluate_run
 
 
 def _saved(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
