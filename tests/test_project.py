@@ -31,7 +31,9 @@ def test_import_layers_hold():
 
 
 def test_ruff_is_clean():
-    proc = subprocess.run([_tool("ruff"), "check", "fashiondist", "tests", "launch"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [_tool("ruff"), "check", "fashiondist", "tests", "launch"], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
@@ -62,18 +64,25 @@ def test_cli_help_and_startup_do_not_import_torch():
 
 
 def test_every_command_has_help():
-    proc = subprocess.run([sys.executable, "-m", "fashiondist", "--help"], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fashiondist", "--help"], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0
     commands = re.findall(r"^    (\w[\w-]*)\s", proc.stdout, flags=re.M)
     assert {"data", "models", "train", "evaluate", "export", "infer"} <= set(commands)
     for command in commands:
-        sub = subprocess.run([sys.executable, "-m", "fashiondist", command, "--help"], capture_output=True, text=True, cwd=REPO)
+        sub = subprocess.run(
+            [sys.executable, "-m", "fashiondist", command, "--help"], capture_output=True, text=True, cwd=REPO
+        )
         assert sub.returncode == 0 and "usage: fashiondist" in sub.stdout, command
 
 
 def test_a_bad_option_is_one_line_and_exit_2():
     proc = subprocess.run(
-        [sys.executable, "-m", "fashiondist", "train", "--precision", "fp8"], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "fashiondist", "train", "--precision", "fp8"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert proc.returncode == 2
     assert "argument --precision: invalid choice: 'fp8'" in proc.stderr
@@ -86,7 +95,10 @@ def test_a_missing_test_csv_is_refused_before_training(tmp_path):
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"fashiondist: error: --test {tmp_path / 'nope.csv'}: no such file (checked before training, not after it)"
+    assert (
+        proc.stderr.strip()
+        == f"fashiondist: error: --test {tmp_path / 'nope.csv'}: no such file (checked before training, not after it)"
+    )
     assert not (tmp_path / "sweep").exists()
 
 

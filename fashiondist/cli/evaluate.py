@@ -24,8 +24,14 @@ def register(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=formatter(),
     )
-    p.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, a multi-model parent, or a checkpoint")
-    p.add_argument("--data", metavar="SOURCE", help=f"evaluate the checkpoint on every labelled image of this source; {DATA_HELP}")
+    p.add_argument(
+        "path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, a multi-model parent, or a checkpoint"
+    )
+    p.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help=f"evaluate the checkpoint on every labelled image of this source; {DATA_HELP}",
+    )
     p.add_argument("--out", help="where a --data evaluation writes its report (default: PATH-eval)")
     p.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     p.set_defaults(func=run)

@@ -203,5 +203,3 @@ def export_checkpoint(
 
 def write_export_report(report: ExportReport, path: Path) -> Path:
     return write_json(path, report.to_dict())
-
-

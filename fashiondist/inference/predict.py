@@ -28,9 +28,7 @@ class ChunkPrediction:
         return self.probs.argmax(axis=1)
 
 
-def predict_proba(
-    model: ModelSession, images: np.ndarray, batch_size: int = INFER_BATCH_SIZE
-) -> np.ndarray:
+def predict_proba(model: ModelSession, images: np.ndarray, batch_size: int = INFER_BATCH_SIZE) -> np.ndarray:
     """uint8 images [N, 28, 28] or [N, 1, 28, 28] -> float32 probabilities [N, K], in batches."""
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 on the 0..255 scale, got {images.dtype}")
