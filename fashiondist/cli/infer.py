@@ -98,11 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _describe(model, threads: int | None) -> str:
     """One line: what the model is (from its metadata) and where it ran."""
-    meta = model.metadata
-    val = meta.get("val_accuracy", "null")
+    meta = model.metadata  # every field checked when the session opened
     facts = [f"{model.num_classes} classes"]
-    if val not in ("null", ""):
-        facts.append(f"val acc {float(val):.2%}")
+    if model.val_accuracy is not None:
+        facts.append(f"val acc {model.val_accuracy:.2%}")
     facts.append(f"tta {meta.get('tta', 'none')}")
     facts.append("int8" if meta.get("quantization", "none") != "none" else "fp32")
     where = model.provider + (f", {threads} threads" if threads else "")
