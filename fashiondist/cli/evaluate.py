@@ -24,8 +24,14 @@ def register(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=formatter(),
     )
-    p.add_argument("path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, a multi-model parent, or a checkpoint")
-    p.add_argument("--data", metavar="SOURCE", help=f"evaluate the checkpoint on every labelled image of this source; {DATA_HELP}")
+    p.add_argument(
+        "path", metavar="RUN_DIR|CHECKPOINT", help="a run directory, a multi-model parent, or a checkpoint"
+    )
+    p.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help=f"evaluate the checkpoint on every labelled image of this source; {DATA_HELP}",
+    )
     p.add_argument("--out", help="where a --data evaluation writes its report (default: PATH-eval)")
     p.add_argument("--batch-size", type=int, default=1024, help="images per forward pass")
     p.set_defaults(func=run)
@@ -38,9 +44,17 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         evaluate_path(args.path, console)
         return 0
+    import shutil
+
     from fashiondist.engine.predict import predict_checkpoint
 
     out = Path(args.out or f"{Path(args.path).resolve()}-eval")
-    predict_checkpoint(args.path, args.data, out, batch_size=args.batch_size)
-    report_run(out, console)
+    created = not out.exists()
+    try:
+        predict_checkpoint(args.path, args.data, out, batch_size=args.batch_size)
+        report_run(out, console)
+    except BaseException:
+        if created:  # a report that failed halfway is no report: leave no partial directory behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return 0
