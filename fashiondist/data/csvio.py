@@ -140,6 +140,10 @@ def _layout(path: str | Path, labelled: bool | None, num_classes: int | None) ->
         raise CsvError(
             path, 1, None, "the file is empty; expected a header `Id,Label,<784 pixels>` or `Id,<784 pixels>`"
         )
+    if not names:  # a first line with nothing on it
+        raise CsvError(
+            path, 1, None, "the first line is empty; a competition CSV starts with a header `Id,...`"
+        )
     if names[0].strip().lower() != ID_COLUMN.lower():
         if _INT.fullmatch(names[0]):
             raise CsvError(
@@ -299,7 +303,7 @@ def _row_problem(layout: _Layout, line: int, row: str) -> tuple[str | None, str]
     if '"' not in row and len(head) == layout.first_pixel + 1 and _PLAIN_PIXELS.fullmatch(head[-1]):
         return _key_problem(layout, head)
     cells = _split_quoted(layout.path, line, row) if '"' in row else row.split(",")
-    return _cells_problem(layout, cells)
+    return _cells_problem(layout, cells or [""])  # csv gives [] for a line with nothing on it
 
 
 # --- checks on parsed rows --------------------------------------------------------------------------------
