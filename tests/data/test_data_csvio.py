@@ -73,6 +73,7 @@ BAD_CSVS = [
     ("no header", "test", lambda L: L.pop(0), "line 1: the first line is data"),
     ("header only", "train", lambda L: L.__delitem__(slice(1, None)), "line 2: no data rows after the header"),
     ("empty file", "train", lambda L: L.clear(), "line 1: the file is empty"),
+    ("empty first line", "test", lambda L: L.insert(0, ""), "line 1: the first line is empty"),  # was IndexError
     # the first problem in file order wins, even when a later row is the one pyarrow trips over
     ("duplicate before bad cell", "train", lambda L: (_set_cell(L, 15, 0, "103"), _set_cell(L, 20, 9, "x")),
      "line 15, column 'Id': duplicate Id 103 (first on line 3)"),

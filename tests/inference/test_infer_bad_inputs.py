@@ -251,3 +251,30 @@ def test_a_model_that_outputs_nan_is_refused(onnx_model: Path, good_lines, tmp_p
     images = load_data("sample", split="test").images[:3]
     with pytest.raises(InputError, match=r"for 3 of 3 rows, the first at image 0 \("):
         predict_proba(open_session(model, "cpu"), images)
+
+
+def test_old_mac_line_ends_predict_every_row(good_lines, onnx_model: Path, tmp_path: Path, capsys):
+    """A `\\r`-only file once printed "wrote S.csv: 0 rows" and replaced a good S.csv with a bare header."""
+    lf, cr = tmp_path / "lf.csv", tmp_path / "cr.csv"
+    lf.write_text("\n".join(good_lines) + "\n")
+    cr.write_text("\r".join(good_lines) + "\r", newline="")
+    assert _run_infer(lf, onnx_model, tmp_path / "lf-out.csv", capsys)[0] == 0
+    out = tmp_path / "out.csv"
+    out.write_bytes(GOOD_OUT)
+    assert main(["infer", str(cr), "--model", str(onnx_model), "--out", str(out)]) == 0
+    assert f"wrote {out}: {ROWS} rows" in capsys.readouterr().out
+    assert out.read_bytes() == (tmp_path / "lf-out.csv").read_bytes()
+
+
+def test_a_huge_field_is_one_error_and_keeps_the_old_submission(onnx_model: Path, tmp_path: Path, capsys):
+    """`python -c "print('A'*200000)" > h.csv` was a `_csv.Error` traceback, exit 1."""
+    huge = tmp_path / "h.csv"
+    huge.write_text("A" * 200_000 + "\n")
+    out = tmp_path / "submission.csv"
+    out.write_bytes(GOOD_OUT)
+    assert _run_infer(huge, onnx_model, out, capsys) == (
+        2,
+        f"fashiondist: error: {huge}, line 1: cannot be split into cells: field larger than field limit (131072)\n",
+    )
+    assert out.read_bytes() == GOOD_OUT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.csv", "submission.csv"]
