@@ -187,6 +187,16 @@ def test_chunk_errors_use_absolute_lines_and_see_earlier_chunks(small_csvs, tmp_
         list(iter_csv_chunks(bad, chunk_rows=4))
 
 
+def _assert_each_reads_as(whole: csvio.CsvTable, variants: dict[str, bytes], directory: Path) -> None:
+    """Each file's bytes, written to `directory` under its name, read back as `whole`'s rows exactly."""
+    for name, data in variants.items():
+        (directory / name).write_bytes(data)
+        back = read_competition_csv(directory / name)
+        np.testing.assert_array_equal(back.images, whole.images, err_msg=name)
+        np.testing.assert_array_equal(back.ids, whole.ids, err_msg=name)
+        np.testing.assert_array_equal(back.labels, whole.labels, err_msg=name)
+
+
 @pytest.mark.parametrize("segment_bytes", [1000, 5000])  # shorter than a row (~2 KB), and a few rows
 def test_small_segments_read_the_same_rows_and_errors(small_csvs, tmp_path, monkeypatch, segment_bytes):
     """pyarrow parses the file a segment at a time; segment cuts fall mid-row and are invisible."""
@@ -199,12 +209,7 @@ def test_small_segments_read_the_same_rows_and_errors(small_csvs, tmp_path, monk
         "no-final-newline.csv": text.rstrip(b"\n"),
         "gzipped.csv.gz": gzip.compress(text),
     }
-    for name, data in variants.items():
-        (tmp_path / name).write_bytes(data)
-        back = read_competition_csv(tmp_path / name)
-        np.testing.assert_array_equal(back.images, whole.images, err_msg=name)
-        np.testing.assert_array_equal(back.ids, whole.ids, err_msg=name)
-        np.testing.assert_array_equal(back.labels, whole.labels, err_msg=name)
+    _assert_each_reads_as(whole, variants, tmp_path)
     bad = _corrupt(small_csvs["train"], lambda L: _set_cell(L, 23, 700, "nan"), tmp_path / "nan.csv")
     with pytest.raises(CsvError, match=r"line 23, column '699': pixel value 'nan' is not an integer$"):
         list(iter_csv_chunks(bad, chunk_rows=4))
@@ -237,12 +242,7 @@ def test_old_mac_and_mixed_line_ends_read_the_same_rows(small_csvs, tmp_path, mo
         "mixed.csv": b"".join(line + ends[i % 3] for i, line in enumerate(lines)),
         "cr.csv.gz": gzip.compress(b"\r".join(lines) + b"\r"),
     }
-    for name, data in variants.items():
-        (tmp_path / name).write_bytes(data)
-        back = read_competition_csv(tmp_path / name)
-        np.testing.assert_array_equal(back.images, whole.images, err_msg=name)
-        np.testing.assert_array_equal(back.ids, whole.ids, err_msg=name)
-        np.testing.assert_array_equal(back.labels, whole.labels, err_msg=name)
+    _assert_each_reads_as(whole, variants, tmp_path)
     bad = lines.copy()
     bad[22] = bad[22].replace(b",0,", b",x,", 1)  # line 23
     (tmp_path / "bad-cr.csv").write_bytes(b"\r".join(bad) + b"\r")
