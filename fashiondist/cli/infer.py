@@ -134,7 +134,7 @@ def _progress(csv_path: Path, provider: str) -> Iterator[Callable[[int], None] |
 def _count_rows(path: Path) -> int | None:
     """Data rows of a plain CSV (line ends minus the header), counted at disk speed; None for .gz or on error.
 
-    A line ends at `\n`, `\r\n` or `\r` (old Mac files), as for the reader: the more common of the two bytes.
+    A line ends at `\\n`, `\\r\\n` or `\\r` (old Mac files), as for the reader: the more common of the two bytes.
     """
     newlines = returns = 0
     try:

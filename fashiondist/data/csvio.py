@@ -11,7 +11,7 @@ chunk line by line in Python, to name the exact line and column its message lack
 outside 0..K-1 are checked on the parsed arrays, across chunks.
 
 Line numbers are what an editor shows: the header is line 1, the first data row line 2. pyarrow is told not
-to skip empty lines, so data row i is always line i + 2. A line ends at `\n`, `\r\n` or a lone `\r` (old Mac
+to skip empty lines, so data row i is always line i + 2. A line ends at `\\n`, `\\r\\n` or a lone `\\r` (old Mac
 files), alike for the header, the segments and the line-by-line re-read, so all three count the same lines.
 This module is torch-free (the inference stage uses it).
 """
@@ -462,8 +462,8 @@ def iter_csv_chunks(
 
 
 def _first_line_end(data: bytes, final: bool) -> int | None:
-    """The index just past the first line end of `data` (`\n`, `\r\n` or `\r`), or None when there is none
-    yet: a `\r` as the last byte may be the first half of a `\r\n` that the next block completes, unless
+    """The index just past the first line end of `data` (`\\n`, `\\r\\n` or `\\r`), or None when there is none
+    yet: a `\\r` as the last byte may be the first half of a `\\r\\n` that the next block completes, unless
     `data` is `final` (the rest of the file)."""
     ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
     if not ends:
@@ -478,16 +478,16 @@ def _first_line_end(data: bytes, final: bool) -> int | None:
 
 
 def _last_line_end(data: bytes, start: int) -> int:
-    """The index just past the last whole line end at or after `start`, or 0 for none; a `\r` as the last
-    byte is not yet one (the next block may start with its `\n`)."""
+    """The index just past the last whole line end at or after `start`, or 0 for none; a `\\r` as the last
+    byte is not yet one (the next block may start with its `\\n`)."""
     return max(data.rfind(b"\n", start), data.rfind(b"\r", start, len(data) - 1)) + 1
 
 
 def _segments(layout: _Layout) -> Iterator[bytes | memoryview]:
     """The data rows (header skipped) as byte strings of about _SEGMENT_BYTES, each cut after a line end.
 
-    Line ends are `\n`, `\r\n` or `\r`, as for the header (text-mode readline) and pyarrow; a cut never
-    splits a `\r\n`. The last segment ends where the file does, with or without a final line end; a
+    Line ends are `\\n`, `\\r\\n` or `\\r`, as for the header (text-mode readline) and pyarrow; a cut never
+    splits a `\\r\\n`. The last segment ends where the file does, with or without a final line end; a
     segment holds at least one whole line, however long.
     """
     with layout.open_bytes() as f:
