@@ -115,12 +115,15 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return False
         raise InputError(f"config key {key!r}: {value!r} is not a boolean (true/false)")
     if hint in (int, float):
-        if isinstance(value, bool):
-            raise InputError(f"config key {key!r}: {value!r} is not a number")
+        kind = "a number" if hint is float else "an integer"
+        # int(1.7) is 1: a fractional value for an integer key (epochs: 1.7) is refused, never truncated
+        fractional = hint is int and isinstance(value, float) and not value.is_integer()
+        if isinstance(value, bool) or fractional:
+            raise InputError(f"config key {key!r}: {value!r} is not {kind}")
         try:
             number = float(value) if hint is float else int(value)
         except (TypeError, ValueError):
-            raise InputError(f"config key {key!r}: {value!r} is not {'a number' if hint is float else 'an integer'}") from None
+            raise InputError(f"config key {key!r}: {value!r} is not {kind}") from None
         return number
     if hint is str:
         return str(value)

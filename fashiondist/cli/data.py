@@ -125,8 +125,13 @@ def run_info(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from fashiondist.data.sources import available_splits, load_data
+    from fashiondist.errors import InputError
 
-    dataset = load_data(args.data, split=args.split or available_splits(args.data)[0])
+    available = available_splits(args.data)
+    split = args.split or available[0]
+    if split not in available:
+        raise InputError(f"--data {args.data}: has no {split} part", hint=f"use --split {available[0]}")
+    dataset = load_data(args.data, split=split)
     console = Console()
     console.print(_summary_table(dataset))
     if dataset.labels is not None:

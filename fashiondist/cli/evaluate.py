@@ -44,9 +44,17 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         evaluate_path(args.path, console)
         return 0
+    import shutil
+
     from fashiondist.engine.predict import predict_checkpoint
 
     out = Path(args.out or f"{Path(args.path).resolve()}-eval")
-    predict_checkpoint(args.path, args.data, out, batch_size=args.batch_size)
-    report_run(out, console)
+    created = not out.exists()
+    try:
+        predict_checkpoint(args.path, args.data, out, batch_size=args.batch_size)
+        report_run(out, console)
+    except BaseException:
+        if created:  # a report that failed halfway is no report: leave no partial directory behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return 0

@@ -98,11 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _describe(model, threads: int | None) -> str:
     """One line: what the model is (from its metadata) and where it ran."""
-    meta = model.metadata
-    val = meta.get("val_accuracy", "null")
+    meta = model.metadata  # every field checked when the session opened
     facts = [f"{model.num_classes} classes"]
-    if val not in ("null", ""):
-        facts.append(f"val acc {float(val):.2%}")
+    if model.val_accuracy is not None:
+        facts.append(f"val acc {model.val_accuracy:.2%}")
     facts.append(f"tta {meta.get('tta', 'none')}")
     facts.append("int8" if meta.get("quantization", "none") != "none" else "fp32")
     where = model.provider + (f", {threads} threads" if threads else "")
@@ -133,13 +132,19 @@ def _progress(csv_path: Path, provider: str) -> Iterator[Callable[[int], None] |
 
 
 def _count_rows(path: Path) -> int | None:
-    """Data rows of a plain CSV (newlines minus the header), counted at disk speed; None for .gz or on error."""
+    """Data rows of a plain CSV (line ends minus the header), counted at disk speed; None for .gz or on error.
+
+    A line ends at `\\n`, `\\r\\n` or `\\r` (old Mac files), as for the reader: the more common of the two bytes.
+    """
+    newlines = returns = 0
     try:
         with path.open("rb") as f:
             if f.read(2) == b"\x1f\x8b":
                 return None
             f.seek(0)
-            lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
+            for block in iter(lambda: f.read(1 << 24), b""):
+                newlines += block.count(b"\n")
+                returns += block.count(b"\r")
     except OSError:
         return None  # the reader reports the problem with its own message
-    return max(lines - 1, 0)
+    return max(max(newlines, returns) - 1, 0)

@@ -11,7 +11,9 @@ chunk line by line in Python, to name the exact line and column its message lack
 outside 0..K-1 are checked on the parsed arrays, across chunks.
 
 Line numbers are what an editor shows: the header is line 1, the first data row line 2. pyarrow is told not
-to skip empty lines, so data row i is always line i + 2. This module is torch-free (the inference stage uses it).
+to skip empty lines, so data row i is always line i + 2. A line ends at `\\n`, `\\r\\n` or a lone `\\r` (old Mac
+files), alike for the header, the segments and the line-by-line re-read, so all three count the same lines.
+This module is torch-free (the inference stage uses it).
 """
 
 from __future__ import annotations
@@ -49,10 +51,12 @@ DEFAULT_CHUNK_ROWS = 8192  # ~6.4 MB of pixels per chunk: bounded memory, still 
 # segments x 1-4 MB blocks). A row is at most ~3 KB, so a block holds >1000 rows.
 _SEGMENT_BYTES = 16 << 20
 _BLOCK_BYTES = 4 << 20
-_INT = re.compile(r"\s*-?\d+\s*")  # the integer syntax pyarrow's int64 / uint8 conversion accepts
-_PIXEL = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"  # 0..255 written plainly (no sign, space or leading zero)
+_INT = re.compile(r"[ \t]*-?[0-9]+[ \t]*")  # the integer syntax pyarrow's int64 / uint8 conversion accepts
+_PIXEL = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0..255 written plainly (no sign, space or leading zero)
 _PLAIN_PIXELS = re.compile(rf"{_PIXEL}(?:,{_PIXEL}){{{NUM_PIXELS - 1}}}")  # the 784 pixel cells of a row
 _INT64_MAX = np.iinfo(np.int64).max
+_INT64_DIGITS = len(str(_INT64_MAX))  # 19: a cell with more significant digits is out of range, unparsed
+_SHOWN_CHARS = 40  # longer cells and header names are cut short in messages: an error stays one short line
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class _Layout:
     """What the header says: where the columns are, and what each row must hold."""
 
     path: Path
-    names: tuple[str, ...]  # header names as written, for error messages
+    names: tuple[str, ...]  # header names as written (long ones cut short), for error messages
     labelled: bool
     num_classes: int | None
     gzipped: bool
@@ -112,11 +116,20 @@ def _read_head(path: Path) -> tuple[list[str] | None, bool, bool]:
         raise InputError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, expected a CSV file") from None
-    except (OSError, EOFError) as err:  # a damaged .gz
+    except (OSError, EOFError, zlib.error) as err:  # a damaged .gz
         raise CsvError(path, None, None, f"cannot be read ({err})") from None
     if not first:
         return None, False, gzipped
-    return next(csv.reader([first])), bool(second), gzipped
+    return _split_quoted(path, 1, first), bool(second), gzipped
+
+
+def _split_quoted(path: Path, line: int, text: str) -> list[str]:
+    """The cells of one line with CSV quoting; the csv module's own refusals (a cell longer than its field
+    limit of 131,072 characters) become a CsvError naming the line."""
+    try:
+        return next(csv.reader([text]))
+    except csv.Error as err:
+        raise CsvError(path, line, None, f"cannot be split into cells: {err}") from None
 
 
 def _layout(path: str | Path, labelled: bool | None, num_classes: int | None) -> _Layout:
@@ -127,25 +140,29 @@ def _layout(path: str | Path, labelled: bool | None, num_classes: int | None) ->
         raise CsvError(
             path, 1, None, "the file is empty; expected a header `Id,Label,<784 pixels>` or `Id,<784 pixels>`"
         )
+    if not names:  # a first line with nothing on it
+        raise CsvError(
+            path, 1, None, "the first line is empty; a competition CSV starts with a header `Id,...`"
+        )
     if names[0].strip().lower() != ID_COLUMN.lower():
         if _INT.fullmatch(names[0]):
             raise CsvError(
                 path, 1, None, "the first line is data; a competition CSV starts with a header `Id,...`"
             )
-        raise CsvError(path, 1, names[0], f"the first column must be {ID_COLUMN!r}")
+        raise CsvError(path, 1, _shorten(names[0]), f"the first column must be {ID_COLUMN!r}")
     has_label = len(names) > 1 and names[1].strip().lower() == LABEL_COLUMN.lower()
     if labelled is not None and labelled != has_label:
         want = (
             "a train file (Id, Label, 784 pixels)" if labelled else "a test file (Id, 784 pixels), no Label"
         )
-        raise CsvError(path, 1, names[1] if len(names) > 1 else None, f"expected {want}")
+        raise CsvError(path, 1, _shorten(names[1]) if len(names) > 1 else None, f"expected {want}")
     expected = TRAIN_COLUMNS if has_label else TEST_COLUMNS
     if len(names) != expected:
         shape = "Id, Label, 784 pixels" if has_label else "Id, 784 pixels"
         raise CsvError(path, 1, None, f"the header has {len(names)} columns, expected {expected} ({shape})")
     if not has_rows:
         raise CsvError(path, 2, None, "no data rows after the header")
-    return _Layout(path, tuple(names), has_label, num_classes, gzipped)
+    return _Layout(path, tuple(map(_shorten, names)), has_label, num_classes, gzipped)
 
 
 def csv_is_labelled(path: str | Path) -> bool:
@@ -201,17 +218,35 @@ def _to_csv_table(table: pa.Table, layout: _Layout) -> CsvTable:
 # --- slow path: find the exact line and column -----------------------------------------------------------
 
 
+def _shorten(text: str) -> str:
+    """`text`, cut to _SHOWN_CHARS with its length said when longer (a 200,000-character cell)."""
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text):,} characters)"
+
+
+def _int_value(text: str) -> tuple[int, str]:
+    """(value, as shown) of a cell that matches _INT. A value with more digits than an int64 holds is clamped
+    to just outside the int64 range (Python refuses int() of a string over 4,300 digits), shown as written."""
+    text = text.strip()
+    digits = text.lstrip("-").lstrip("0")
+    if len(digits) > _INT64_DIGITS:
+        return (-1 if text.startswith("-") else 1) * (_INT64_MAX + 1), _shorten(text)
+    value = int(text)
+    return value, str(value)
+
+
 def _cell_problem(text: str, what: str, high: int | None) -> str | None:
-    """Why a cell is not an integer in 0..high (no upper bound when high is None), or None when it is."""
+    """Why a cell is not an integer in 0..high (0..int64 max when high is None), or None when it is."""
     if not text.strip():
         return f"empty {what}"
     if not _INT.fullmatch(text):
-        return f"{what} {text.strip()!r} is not an integer"
-    value = int(text)
+        return f"{what} {_shorten(text.strip())!r} is not an integer"
+    value, shown = _int_value(text)
     if value < 0:
-        return f"{what} {value} is negative"
+        return f"{what} {shown} is negative"
     if high is not None and value > high:
-        return f"{what} {value} is outside 0..{high}"
+        return f"{what} {shown} is outside 0..{high}"
+    if value > _INT64_MAX:
+        return f"{what} {shown} does not fit in 64 bits"
     return None
 
 
@@ -219,9 +254,10 @@ def _id_problem(text: str) -> str | None:
     if not text.strip():
         return "missing Id (empty cell)"
     if not _INT.fullmatch(text):
-        return f"Id {text.strip()!r} is not an integer"
-    if abs(int(text)) > _INT64_MAX:
-        return f"Id {text.strip()} does not fit in 64 bits"
+        return f"Id {_shorten(text.strip())!r} is not an integer"
+    value, shown = _int_value(text)
+    if abs(value) > _INT64_MAX:
+        return f"Id {shown} does not fit in 64 bits"
     return None
 
 
@@ -256,8 +292,9 @@ def _cells_problem(layout: _Layout, cells: list[str]) -> tuple[str | None, str] 
     return None
 
 
-def _row_problem(layout: _Layout, row: str) -> tuple[str | None, str] | None:
-    """(column, problem) for the first bad cell of one line of text, or None when the row is valid.
+def _row_problem(layout: _Layout, line: int, row: str) -> tuple[str | None, str] | None:
+    """(column, problem) for the first bad cell of `row`, the text of editor line `line`, or None when the
+    row is valid.
 
     One C-level regex match clears the 784 pixels of a plain row (~40 us); only a row it rejects is split
     and checked cell by cell (quotes, spaces, leading zeros, or a real problem).
@@ -265,7 +302,8 @@ def _row_problem(layout: _Layout, row: str) -> tuple[str | None, str] | None:
     head = row.split(",", layout.first_pixel)  # [Id, (Label,) "p0,p1,...,p783"]
     if '"' not in row and len(head) == layout.first_pixel + 1 and _PLAIN_PIXELS.fullmatch(head[-1]):
         return _key_problem(layout, head)
-    return _cells_problem(layout, next(csv.reader([row])) if '"' in row else row.split(","))
+    cells = _split_quoted(layout.path, line, row) if '"' in row else row.split(",")
+    return _cells_problem(layout, cells or [""])  # csv gives [] for a line with nothing on it
 
 
 # --- checks on parsed rows --------------------------------------------------------------------------------
@@ -342,12 +380,17 @@ def _locate(layout: _Layout, start_line: int, ledger: _IdLedger, arrow_error: Ex
                 if line_no < start_line:
                     continue
                 row = text.rstrip("\r\n")
-                found = _row_problem(layout, row)
+                found = _row_problem(layout, line_no, row)
                 if found is None:  # a valid row: its Id cell is an integer, perhaps quoted
-                    row_id = int(row.split(",", 1)[0].strip().strip('"'))
+                    id_cell = (
+                        _split_quoted(layout.path, line_no, row)[0] if '"' in row else row.split(",", 1)[0]
+                    )
+                    row_id = _int_value(id_cell)[0]
                     found = _duplicate_problem(layout, row_id, line_no, seen, ledger)
                 if found:
                     return CsvError(layout.path, line_no, found[0], found[1])
+    except CsvError as err:  # a line the csv module cannot split
+        return err
     except (OSError, EOFError, zlib.error) as err:  # a .gz damaged after its first lines
         return CsvError(layout.path, line_no + 1, None, f"cannot be read ({err})")
     detail = " ".join(str(arrow_error).split())  # one line, as the CLI prints it
@@ -409,30 +452,64 @@ def iter_csv_chunks(
             # pyarrow refused a segment (or the gzip stream broke): search from the first unchecked row
             raise _locate(layout, line, ledger, err) from None
         if table is None:
-            return
+            break
         chunk = _to_csv_table(table, layout)
         _check_values(layout, chunk, line, ledger)
         yield chunk
         line += len(chunk)
+    if line == 2:  # the header saw a line after it, the reader none: never report a run over 0 rows
+        raise CsvError(layout.path, 2, None, "no data rows after the header")
+
+
+def _first_line_end(data: bytes, final: bool) -> int | None:
+    """The index just past the first line end of `data` (`\\n`, `\\r\\n` or `\\r`), or None when there is none
+    yet: a `\\r` as the last byte may be the first half of a `\\r\\n` that the next block completes, unless
+    `data` is `final` (the rest of the file)."""
+    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    if not ends:
+        return None
+    end = min(ends)
+    if data[end : end + 1] == b"\r":
+        if end + 1 == len(data) and not final:
+            return None
+        if data[end + 1 : end + 2] == b"\n":
+            return end + 2
+    return end + 1
+
+
+def _last_line_end(data: bytes, start: int) -> int:
+    """The index just past the last whole line end at or after `start`, or 0 for none; a `\\r` as the last
+    byte is not yet one (the next block may start with its `\\n`)."""
+    return max(data.rfind(b"\n", start), data.rfind(b"\r", start, len(data) - 1)) + 1
 
 
 def _segments(layout: _Layout) -> Iterator[bytes | memoryview]:
-    """The data rows (header skipped) as byte strings of about _SEGMENT_BYTES, each cut after a newline.
+    """The data rows (header skipped) as byte strings of about _SEGMENT_BYTES, each cut after a line end.
 
-    The last segment ends where the file does, with or without a final newline; a segment holds at least
-    one whole line, however long.
+    Line ends are `\\n`, `\\r\\n` or `\\r`, as for the header (text-mode readline) and pyarrow; a cut never
+    splits a `\\r\\n`. The last segment ends where the file does, with or without a final line end; a
+    segment holds at least one whole line, however long.
     """
     with layout.open_bytes() as f:
-        f.readline()  # the header, checked by _layout
-        carry = b""
+        pending = b""  # read, not yet yielded
+        start = None  # where the rows begin in `pending`: None until the header's line end is seen
         while block := f.read(_SEGMENT_BYTES):
-            data = carry + block if carry else block
-            cut = data.rfind(b"\n") + 1
-            carry = data[cut:]
-            if cut:
-                yield memoryview(data)[:cut]  # no copy
-        if carry:
-            yield carry
+            data = pending + block if pending else block
+            if start is None:
+                start = _first_line_end(data, final=False)  # the header, checked by _layout
+                if start is None:
+                    pending = data
+                    continue
+            cut = _last_line_end(data, start)
+            if cut > start:
+                yield memoryview(data)[start:cut]  # no copy
+                pending, start = data[cut:], 0
+            else:
+                pending = data
+        if start is None:
+            start = _first_line_end(pending, final=True) or len(pending)
+        if len(pending) > start:
+            yield memoryview(pending)[start:]
 
 
 def _arrow_chunks(layout: _Layout, chunk_rows: int) -> Iterator[pa.Table]:

@@ -149,10 +149,17 @@ def _load_fashion_mnist(split: str) -> Dataset:
 
 def _load_csv(path: Path, split: str, source: str) -> Dataset:
     labelled = csv_is_labelled(path)
-    if labelled != (split == "train"):
-        holds = "a train file (it has a Label column)" if labelled else "a test file (it has no Label column)"
+    # the hints fit every command that loads data (train, evaluate, data info); `data info` adds its --split
+    if labelled and split == "test":
         raise InputError(
-            f"{path}: is {holds}, so it has no {split} part", hint=f"use --split {_csv_split(labelled)}"
+            f"{path}: is a train file (it has a Label column), so it has no test part",
+            hint="a test part is a testX.csv: Id and 784 pixels, no Label",
+        )
+    if not labelled and split == "train":
+        raise InputError(
+            f"{path}: is a test file (it has no Label column), so it has no labelled images to train or "
+            "evaluate on",
+            hint="give a train.csv (Id, Label, 784 pixels); predict a testX.csv with `fashiondist infer`",
         )
     table = read_competition_csv(path, labelled=labelled)
     if table.labels is not None:

@@ -4,6 +4,9 @@ Figures are built with matplotlib's object API (`matplotlib.figure.Figure`) and 
 saving a standalone Figure renders with the Agg canvas whatever the session's backend is, so no display
 is needed, the caller's own backend is left untouched (no `matplotlib.use` side effect on import), and
 no global figure registry exists that could leak figures. A figure is released when it goes out of scope.
+
+Text a user chose (variant names, class names) is drawn literally: `_literal` escapes the `$` that would
+start matplotlib's mathtext, so `$\\notacommand{$` is a label, not a parse error that stops the report.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ PLOT_FILES = {
     "roc": "roc.png",
 }
 COMPARISON_FILE = "val_accuracy.png"
+METRIC_WORDS = {"loss": "loss", "acc": "accuracy"}  # history column suffix -> what a title calls it
 DPI = 100  # pixels per inch: a 7-inch-wide figure is 700 px, sharp enough for the report, small to embed
 
 
@@ -34,8 +38,8 @@ def write_variant_plots(result: VariantResult) -> dict[str, Path]:
     """The four per-variant plots, into the variant's run directory. Returns {kind: path}."""
     y_true, probs = load_predictions(result.run_dir)
     figures = {
-        "loss": curves_figure(result.history, "loss", f"{result.name}: loss per epoch"),
-        "accuracy": curves_figure(result.history, "acc", f"{result.name}: accuracy per epoch"),
+        "loss": curves_figure(result.history, "loss", result.name),
+        "accuracy": curves_figure(result.history, "acc", result.name),
         "confusion": confusion_figure(result.metrics, result.name),
         "roc": roc_figure(y_true, probs, result.metrics, result.name),
     }
@@ -54,13 +58,19 @@ def save_png(fig: Figure, path: Path) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
+def _literal(text: str) -> str:
+    """`text` as matplotlib draws it, character for character: `$` escaped so no mathtext is parsed."""
+    return str(text).replace("$", r"\$")
+
+
 def _series(history: list[dict[str, Any]], key: str) -> np.ndarray:
     """A history column as floats; an epoch that lacks the value (e.g. no train accuracy) is a gap (NaN)."""
     return np.array([np.nan if row.get(key) is None else row[key] for row in history], dtype=np.float64)
 
 
-def curves_figure(history: list[dict[str, Any]], metric: str, title: str) -> Figure:
-    """`train_<metric>` and `val_<metric>` against the epoch number."""
+def curves_figure(history: list[dict[str, Any]], metric: str, name: str) -> Figure:
+    """`train_<metric>` and `val_<metric>` of variant `name` against the epoch number."""
+    title = f"{_literal(name)}: {METRIC_WORDS.get(metric, metric)} per epoch"
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     epochs = _series(history, "epoch")
@@ -80,9 +90,10 @@ def confusion_figure(metrics: dict[str, Any], name: str) -> Figure:
     side = 0.45 * counts.shape[0] + 2  # inches per panel (6.5 for 10 classes), grows with the class count
     fig = Figure(figsize=(2 * side, side), layout="constrained")
     left, right = fig.subplots(1, 2)
-    _matrix_panel(left, counts, metrics["class_names"], "counts", "{:.0f}")
-    _matrix_panel(right, rates, metrics["class_names"], "row-normalised (recall on the diagonal)", "{:.2f}")
-    fig.suptitle(f"{name}: confusion matrix ({metrics['num_samples']} validation images)")
+    class_names = [_literal(c) for c in metrics["class_names"]]
+    _matrix_panel(left, counts, class_names, "counts", "{:.0f}")
+    _matrix_panel(right, rates, class_names, "row-normalised (recall on the diagonal)", "{:.2f}")
+    fig.suptitle(f"{_literal(name)}: confusion matrix ({metrics['num_samples']} validation images)")
     return fig
 
 
@@ -113,7 +124,8 @@ def roc_figure(y_true: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], n
             continue  # no positives or no negatives: no curve (the report's note says so)
         fpr, tpr, _ = roc_curve(onehot[:, k], probs[:, k])
         class_curves.append((fpr, tpr))
-        ax.plot(fpr, tpr, linewidth=1, alpha=0.7, label=f"{class_name} ({auc['per_class'][class_name]:.4f})")
+        label = f"{_literal(class_name)} ({auc['per_class'][class_name]:.4f})"
+        ax.plot(fpr, tpr, linewidth=1, alpha=0.7, label=label)
     fpr, tpr, _ = roc_curve(onehot.ravel(), probs.ravel())  # [M*K] pooled
     ax.plot(fpr, tpr, "k--", linewidth=2, label=f"micro-average ({auc['micro']:.4f})")
     if class_curves:
@@ -121,7 +133,11 @@ def roc_figure(y_true: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], n
         mean_tpr = np.mean([np.interp(grid, fpr, tpr) for fpr, tpr in class_curves], axis=0)
         ax.plot(grid, mean_tpr, "k:", linewidth=2, label=f"macro-average ({auc['macro']:.4f})")
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
-    ax.set(title=f"{name}: ROC, one vs rest (AUC)", xlabel="false positive rate", ylabel="true positive rate")
+    ax.set(
+        title=f"{_literal(name)}: ROC, one vs rest (AUC)",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+    )
     ax.legend(loc="lower right", fontsize=8)
     return fig
 
@@ -132,9 +148,10 @@ def comparison_figure(results: Sequence[VariantResult]) -> Figure:
     by_epoch, by_time = fig.subplots(1, 2, sharey=True)
     for result in results:
         val_acc = _series(result.history, "val_acc")
-        by_epoch.plot(_series(result.history, "epoch"), val_acc, marker="o", markersize=3, label=result.name)
+        label = _literal(result.name)
+        by_epoch.plot(_series(result.history, "epoch"), val_acc, marker="o", markersize=3, label=label)
         by_time.plot(
-            _series(result.history, "elapsed_seconds"), val_acc, marker="o", markersize=3, label=result.name
+            _series(result.history, "elapsed_seconds"), val_acc, marker="o", markersize=3, label=label
         )
     by_epoch.set(title="validation accuracy per epoch", xlabel="epoch", ylabel="val accuracy")
     by_time.set(title="validation accuracy over training time", xlabel="elapsed seconds")

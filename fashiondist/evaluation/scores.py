@@ -191,6 +191,10 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     missing = [key for key in SUMMARY_KEYS if key not in summary]
     if missing:
         raise InputError(f"{path}: missing key(s) {', '.join(missing)}")
+    names = summary["class_names"]
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        # one JSON string would be taken as a list of its characters
+        raise InputError(f"{path}: class_names must be a JSON list of names, got {type(names).__name__}")
     return summary
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from fashiondist.constants import IMAGE_SHAPE, INFER_BATCH_SIZE
 from fashiondist.data.csvio import DEFAULT_CHUNK_ROWS, iter_csv_chunks
+from fashiondist.errors import InputError
 from fashiondist.inference.session import ModelSession
 
 
@@ -29,7 +30,17 @@ class ChunkPrediction:
 
 
 def predict_proba(model: ModelSession, images: np.ndarray, batch_size: int = INFER_BATCH_SIZE) -> np.ndarray:
-    """uint8 images [N, 28, 28] or [N, 1, 28, 28] -> float32 probabilities [N, K], in batches."""
+    """uint8 images [N, 28, 28] or [N, 1, 28, 28] -> float32 probabilities [N, K], in batches.
+
+    A model that outputs NaN or infinity for any image is refused (InputError naming the first image): its
+    argmax would be a silent label 0.
+    """
+    probs = _predict(model, images, batch_size)
+    _refuse_non_finite(model, probs, lambda row: f"image {row}")
+    return probs
+
+
+def _predict(model: ModelSession, images: np.ndarray, batch_size: int) -> np.ndarray:
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 on the 0..255 scale, got {images.dtype}")
     pixels = np.ascontiguousarray(images).reshape(-1, *IMAGE_SHAPE)  # [N, 28, 28] -> [N, 1, 28, 28], a view
@@ -37,6 +48,17 @@ def predict_proba(model: ModelSession, images: np.ndarray, batch_size: int = INF
     for start in range(0, len(pixels), batch_size):
         out[start : start + batch_size] = model.predict_proba(pixels[start : start + batch_size])
     return out
+
+
+def _refuse_non_finite(model: ModelSession, probs: np.ndarray, where: Callable[[int], str]) -> None:
+    """InputError when a row of probs [n, K] holds NaN or infinity: how many rows, and `where(first row)`."""
+    bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+    if len(bad):
+        raise InputError(
+            f"{model.path}: model {model.model_name} outputs NaN or infinite probabilities for {len(bad):,} "
+            f"of {len(probs):,} rows, the first at {where(int(bad[0]))}",
+            hint="the model is broken; train or export it again",
+        )
 
 
 def predict_csv(
@@ -48,10 +70,14 @@ def predict_csv(
 ) -> Iterator[ChunkPrediction]:
     """Stream a competition CSV (testX.csv or train.csv): one ChunkPrediction per chunk, in file order.
 
-    A malformed row raises the data layer's CsvError (file, line, column) when its chunk is reached.
+    A malformed row raises the data layer's CsvError (file, line, column) when its chunk is reached; a
+    row the model outputs NaN or infinity for, an InputError naming its line.
     """
+    line = 2  # editor line of the chunk's first row (the header is line 1)
     for table in iter_csv_chunks(csv_path, chunk_rows=chunk_rows):
-        probs = predict_proba(model, table.images, batch_size)
+        probs = _predict(model, table.images, batch_size)
+        _refuse_non_finite(model, probs, lambda row, first=line: f"{csv_path}, line {first + row}")
         if on_rows is not None:
             on_rows(len(table.ids))
         yield ChunkPrediction(table.ids, probs, table.labels)
+        line += len(table)

@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from fashiondist.config import Tta
 from fashiondist.constants import IMAGE_SHAPE, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
-from fashiondist.errors import FashiondistError, InputError
+from fashiondist.errors import InputError
 from fashiondist.inference.providers import ORT_PROVIDERS, PROVIDER_CHOICES, PROVIDER_LISTS
 
 # metadata_props keys every fashiondist model carries; fashiondist/export writes them (its tests open every
 # exported model through `open_session`, which holds the two sides together).
 REQUIRED_METADATA = ("fashiondist_version", "model", "num_classes", "class_names", "val_accuracy")
+# Keys fashiondist writes to some models only; when present they are checked like the required ones.
+OPTIONAL_METADATA = ("model_kwargs", "tta", "quantization", "epoch", "opset", "calibration_images")
+_REEXPORT_HINT = "re-export it with `fashiondist export`"
+_REPR = reprlib.Repr()  # a metadata value in a message: quoted, a long one cut in the middle
+_REPR.maxstring = 60
 
 _GPU_HINT = "install onnxruntime-gpu (`pip install 'fashiondist[gpu]'`) on a machine with an NVIDIA GPU and CUDA, or use --provider cpu"
 
@@ -43,6 +51,10 @@ _LOAD_ERRORS = tuple(
 )
 
 
+class ProviderUnavailable(InputError):
+    """An explicit --provider that this machine or this onnxruntime cannot start (`auto` falls back to CPU)."""
+
+
 @dataclass(frozen=True)
 class ModelSession:
     """A checked session: `predict_proba` maps uint8 [N, 1, 28, 28] to float32 [N, K]."""
@@ -52,7 +64,8 @@ class ModelSession:
     provider: str  # the onnxruntime provider that runs the graph (the session's first)
     num_classes: int
     class_names: tuple[str, ...]
-    metadata: dict[str, str]
+    metadata: dict[str, str]  # every field checked (check_metadata): safe to show or parse
+    val_accuracy: float | None  # metadata val_accuracy: 0..1, None when the checkpoint had no metric
 
     @property
     def model_name(self) -> str:
@@ -96,9 +109,7 @@ def open_session(
     elif provider == "auto":
         try:  # onnxruntime-gpu without a usable GPU or CUDA libraries: the CPU, as `auto` promises
             session = _create_on_gpu(path, "cuda", threads, exact_fp32)
-        except InputError:
-            raise
-        except FashiondistError:
+        except ProviderUnavailable:
             session = _create(path, PROVIDER_LISTS["cpu"], threads)
     else:
         session = _create_on_gpu(path, provider, threads, exact_fp32)
@@ -115,8 +126,10 @@ def open_model_bytes(model: bytes, path: str | os.PathLike) -> ModelSession:
 
 
 def _checked(session: ort.InferenceSession, path: Path) -> ModelSession:
-    num_classes, class_names, metadata = check_contract(session, path)
-    return ModelSession(path, session, session.get_providers()[0], num_classes, class_names, metadata)
+    metadata, (num_classes, class_names, val_accuracy) = check_contract(session, path)
+    return ModelSession(
+        path, session, session.get_providers()[0], num_classes, class_names, metadata, val_accuracy
+    )
 
 
 def _create(
@@ -132,10 +145,10 @@ def _create(
 
 
 def _create_on_gpu(path: Path, provider: str, threads: int | None, exact_fp32: bool) -> ort.InferenceSession:
-    """A session whose first provider is `provider`'s (cuda, tensorrt); FashiondistError if it can't start."""
+    """A session whose first provider is `provider`'s (cuda, tensorrt); ProviderUnavailable if it can't start."""
     wanted, available = ORT_PROVIDERS[provider], ort.get_available_providers()
     if wanted not in available:
-        raise FashiondistError(
+        raise ProviderUnavailable(
             f"--provider {provider}: this onnxruntime has no {wanted} (it has {', '.join(available)})",
             hint=_GPU_HINT,
         )
@@ -149,11 +162,11 @@ def _create_on_gpu(path: Path, provider: str, threads: int | None, exact_fp32: b
         raise
     except Exception as err:  # a missing CUDA/cuDNN/TensorRT library, no device: onnxruntime says which
         reason = " ".join(str(err).split())
-        raise FashiondistError(
+        raise ProviderUnavailable(
             f"--provider {provider}: onnxruntime could not start {wanted} ({reason})", hint=_GPU_HINT
         ) from None
     if session.get_providers()[0] != wanted:
-        raise FashiondistError(
+        raise ProviderUnavailable(
             f"--provider {provider}: onnxruntime could not start {wanted} for {path} "
             f"and fell back to {session.get_providers()[0]}",
             hint=_GPU_HINT,
@@ -161,8 +174,10 @@ def _create_on_gpu(path: Path, provider: str, threads: int | None, exact_fp32: b
     return session
 
 
-def check_contract(session: ort.InferenceSession, path: Path) -> tuple[int, tuple[str, ...], dict[str, str]]:
-    """(num_classes, class_names, metadata) of a session that keeps the contract; InputError otherwise."""
+def check_contract(
+    session: ort.InferenceSession, path: Path
+) -> tuple[dict[str, str], tuple[int, tuple[str, ...], float | None]]:
+    """(metadata, check_metadata's facts) of a session that keeps the contract; InputError otherwise."""
     inputs = session.get_inputs()
     expected_in = f"one input {ONNX_INPUT_NAME!r}, uint8 [N, {', '.join(map(str, IMAGE_SHAPE))}]"
     got_in = ", ".join(f"{i.name!r} {i.type} {_shape(i.shape)}" for i in inputs)
@@ -188,29 +203,94 @@ def check_contract(session: ort.InferenceSession, path: Path) -> tuple[int, tupl
         )
 
     metadata = dict(session.get_modelmeta().custom_metadata_map)
+    facts = check_metadata(metadata, path)
+    num_classes = facts[0]
+    if isinstance(probs.shape[1], int) and probs.shape[1] != num_classes:
+        raise InputError(
+            f"{path}: output {ONNX_OUTPUT_NAME!r} has {probs.shape[1]} columns but the metadata says {num_classes} classes"
+        )
+    return metadata, facts
+
+
+def check_metadata(metadata: dict[str, str], path: Path) -> tuple[int, tuple[str, ...], float | None]:
+    """(num_classes, class_names, val_accuracy) of metadata_props whose every fashiondist field holds what
+    export writes.
+
+    Checked before any row is read or any file written: each field, required or optional, is one InputError
+    naming the key and its value, so nothing downstream (the run summary, a benchmark) parses a bad one.
+    """
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
         raise InputError(
             f"{path}: not a fashiondist model: its metadata lacks {', '.join(missing)}",
             hint="export it with `fashiondist export`",
         )
+    num_classes = _metadata_field(metadata, "num_classes", path, _count, "an integer of at least 2", least=2)
+    class_names = _metadata_field(
+        metadata,
+        "class_names",
+        path,
+        _names,
+        f"a JSON list of {num_classes} distinct class names",
+        k=num_classes,
+    )
+    val_accuracy = _metadata_field(metadata, "val_accuracy", path, _accuracy, "null or a number in 0..1")
+    for key in ("fashiondist_version", "model", "quantization"):
+        _metadata_field(metadata, key, path, _text, "a non-empty name")
+    _metadata_field(metadata, "model_kwargs", path, _mapping, "a JSON object")
+    _metadata_field(metadata, "tta", path, Tta, f"one of {', '.join(t.value for t in Tta)}")
+    for key in ("epoch", "opset", "calibration_images"):
+        _metadata_field(metadata, key, path, _count, "a whole number", least=0)
+    return num_classes, tuple(class_names), val_accuracy
+
+
+def _metadata_field(metadata: dict[str, str], key: str, path: Path, parse, expected: str, **limits):
+    """`parse(value, **limits)` of metadata `key` (None when absent); InputError when it raises ValueError."""
+    if key not in metadata:
+        return None
     try:
-        num_classes = int(metadata["num_classes"])
-        class_names = tuple(json.loads(metadata["class_names"]))
-    except (ValueError, TypeError):
+        return parse(metadata[key], **limits)
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError; RecursionError: [[[[...]]]]
         raise InputError(
-            f"{path}: metadata num_classes/class_names are not an integer and a JSON list"
+            f"{path}: metadata {key} = {_REPR.repr(metadata[key])} is not {expected}", hint=_REEXPORT_HINT
         ) from None
-    if num_classes < 2 or len(class_names) != num_classes or not all(isinstance(c, str) for c in class_names):
-        raise InputError(
-            f"{path}: metadata says {metadata['num_classes']} classes named {metadata['class_names']}; "
-            "expected K >= 2 and K class names"
-        )
-    if isinstance(probs.shape[1], int) and probs.shape[1] != num_classes:
-        raise InputError(
-            f"{path}: output {ONNX_OUTPUT_NAME!r} has {probs.shape[1]} columns but the metadata says {num_classes} classes"
-        )
-    return num_classes, class_names, metadata
+
+
+def _count(text: str, least: int) -> int:
+    if not re.fullmatch(r"[0-9]{1,18}", text) or int(text) < least:
+        raise ValueError(text)
+    return int(text)
+
+
+def _names(text: str, k: int) -> list[str]:
+    names = json.loads(text)  # a JSON string (one name, or a list encoded twice) is refused, not split
+    if not isinstance(names, list) or not all(isinstance(name, str) and name.strip() for name in names):
+        raise ValueError(text)
+    if len(names) != k or len(set(names)) != k:
+        raise ValueError(text)
+    return names
+
+
+def _accuracy(text: str) -> float | None:
+    value = json.loads(text)  # NaN and Infinity parse, and are refused below
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(text)
+    return float(value)
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError(text)
+    return text
+
+
+def _mapping(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(text)
+    return value
 
 
 def _shape(shape: list) -> str:

@@ -77,16 +77,19 @@ def test_explicit_gpu_provider_fails_loudly_without_it(
 ):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed here")
+    """A provider this machine lacks is a bad option value: exit 2 (it was 1), one line, output untouched."""
     out = tmp_path / "submission.csv"
+    out.write_bytes(b"Id,Label\n1,2\n")  # a good earlier submission
     code = main(
         ["infer", str(sample_test_csv), "--model", str(onnx_model), "--out", str(out), "--provider", "cuda"]
     )
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert err.startswith(
         "fashiondist: error: --provider cuda: this onnxruntime has no CUDAExecutionProvider (it has "
     )
-    assert err.count("\n") == 1 and not out.exists()
+    assert err.count("\n") == 1 and out.read_bytes() == b"Id,Label\n1,2\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
 
 
 def test_infer_never_imports_torch(onnx_model: Path, sample_test_csv: Path, tmp_path: Path):

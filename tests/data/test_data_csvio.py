@@ -8,6 +8,7 @@ output directory stays empty.
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,7 @@ BAD_CSVS = [
     ("no header", "test", lambda L: L.pop(0), "line 1: the first line is data"),
     ("header only", "train", lambda L: L.__delitem__(slice(1, None)), "line 2: no data rows after the header"),
     ("empty file", "train", lambda L: L.clear(), "line 1: the file is empty"),
+    ("empty first line", "test", lambda L: L.insert(0, ""), "line 1: the first line is empty"),  # was IndexError
     # the first problem in file order wins, even when a later row is the one pyarrow trips over
     ("duplicate before bad cell", "train", lambda L: (_set_cell(L, 15, 0, "103"), _set_cell(L, 20, 9, "x")),
      "line 15, column 'Id': duplicate Id 103 (first on line 3)"),
@@ -185,6 +187,16 @@ def test_chunk_errors_use_absolute_lines_and_see_earlier_chunks(small_csvs, tmp_
         list(iter_csv_chunks(bad, chunk_rows=4))
 
 
+def _assert_each_reads_as(whole: csvio.CsvTable, variants: dict[str, bytes], directory: Path) -> None:
+    """Each file's bytes, written to `directory` under its name, read back as `whole`'s rows exactly."""
+    for name, data in variants.items():
+        (directory / name).write_bytes(data)
+        back = read_competition_csv(directory / name)
+        np.testing.assert_array_equal(back.images, whole.images, err_msg=name)
+        np.testing.assert_array_equal(back.ids, whole.ids, err_msg=name)
+        np.testing.assert_array_equal(back.labels, whole.labels, err_msg=name)
+
+
 @pytest.mark.parametrize("segment_bytes", [1000, 5000])  # shorter than a row (~2 KB), and a few rows
 def test_small_segments_read_the_same_rows_and_errors(small_csvs, tmp_path, monkeypatch, segment_bytes):
     """pyarrow parses the file a segment at a time; segment cuts fall mid-row and are invisible."""
@@ -197,12 +209,7 @@ def test_small_segments_read_the_same_rows_and_errors(small_csvs, tmp_path, monk
         "no-final-newline.csv": text.rstrip(b"\n"),
         "gzipped.csv.gz": gzip.compress(text),
     }
-    for name, data in variants.items():
-        (tmp_path / name).write_bytes(data)
-        back = read_competition_csv(tmp_path / name)
-        np.testing.assert_array_equal(back.images, whole.images, err_msg=name)
-        np.testing.assert_array_equal(back.ids, whole.ids, err_msg=name)
-        np.testing.assert_array_equal(back.labels, whole.labels, err_msg=name)
+    _assert_each_reads_as(whole, variants, tmp_path)
     bad = _corrupt(small_csvs["train"], lambda L: _set_cell(L, 23, 700, "nan"), tmp_path / "nan.csv")
     with pytest.raises(CsvError, match=r"line 23, column '699': pixel value 'nan' is not an integer$"):
         list(iter_csv_chunks(bad, chunk_rows=4))
@@ -218,3 +225,61 @@ def test_ten_thousand_rows_parse_exactly(shared_data, tmp_path):
     chunks = list(iter_csv_chunks(path, chunk_rows=3000))
     assert [len(c) for c in chunks] == [3000, 3000, 3000, 1000]
     np.testing.assert_array_equal(np.concatenate([c.ids for c in chunks]), test_part.ids)
+
+
+@pytest.mark.parametrize("segment_bytes", [None, 1000, 5000])  # whole file; cuts mid-row and between \r, \n
+def test_old_mac_and_mixed_line_ends_read_the_same_rows(small_csvs, tmp_path, monkeypatch, segment_bytes):
+    """`\\r`-only files (old Mac) once read as 0 rows: the header reader ended lines at `\\r`, the data
+    reader only at `\\n`. Every line end, mixed in one file, now reads the same rows and lines."""
+    if segment_bytes:
+        monkeypatch.setattr(csvio, "_SEGMENT_BYTES", segment_bytes)
+    whole = read_competition_csv(small_csvs["train"])
+    lines = small_csvs["train"].read_bytes().splitlines()
+    ends = [b"\r", b"\r\n", b"\n"]
+    variants = {
+        "cr.csv": b"\r".join(lines) + b"\r",
+        "cr-no-final.csv": b"\r".join(lines),
+        "mixed.csv": b"".join(line + ends[i % 3] for i, line in enumerate(lines)),
+        "cr.csv.gz": gzip.compress(b"\r".join(lines) + b"\r"),
+    }
+    _assert_each_reads_as(whole, variants, tmp_path)
+    bad = lines.copy()
+    bad[22] = bad[22].replace(b",0,", b",x,", 1)  # line 23
+    (tmp_path / "bad-cr.csv").write_bytes(b"\r".join(bad) + b"\r")
+    with pytest.raises(CsvError, match=r"line 23, column '\d+': pixel value 'x' is not an integer$"):
+        list(iter_csv_chunks(tmp_path / "bad-cr.csv", chunk_rows=4))
+
+
+def test_old_mac_file_through_data_info(small_csvs, tmp_path, capsys):
+    cr = tmp_path / "cr.csv"
+    cr.write_bytes(small_csvs["test"].read_bytes().replace(b"\n", b"\r"))
+    assert main(["data", "info", "--data", str(cr)]) == 0
+    assert f"{ROWS}" in capsys.readouterr().out
+
+
+LONG = 200_000  # longer than the csv module's field limit (131,072 characters)
+OVER_LIMIT = re.escape(": cannot be split into cells: field larger than field limit (131072)")
+# (case, the file's lines from a good file's, a regular expression for the one error line after the path)
+LONG_FIELDS = [
+    ("long header cell", lambda L: ["A" * LONG], ", line 1" + OVER_LIMIT),
+    ("long quoted header name", lambda L: [L[0] + ',"' + "A" * LONG + '"', *L[1:]],
+     ", line 1" + OVER_LIMIT),
+    ("long quoted cell", lambda L: [*L[:5], L[5] + ',"' + "7" * LONG + '"', *L[6:]],
+     ", line 6" + OVER_LIMIT),
+    ("long unquoted cell", lambda L: [*L[:4], L[4].replace(",0,", "," + "A" * LONG + ",", 1), *L[5:]],
+     rf", line 5, column '\d+': pixel value '{'A' * 40}\.\.\. \(200,000 characters\)' is not an integer"),
+    ("long number", lambda L: [*L[:3], "9" * LONG + L[3][L[3].index(","):], *L[4:]],
+     rf", line 4, column 'Id': Id {'9' * 40}\.\.\. \(200,000 characters\) does not fit in 64 bits"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in LONG_FIELDS], ids=[c[0] for c in LONG_FIELDS])
+def test_a_field_longer_than_the_csv_limit_is_one_error(small_csvs, tmp_path, capsys, text, expected):
+    """A cell over 131,072 characters was a `_csv.Error` traceback; a 200,000-digit Id a ValueError."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(text(small_csvs["test"].read_text().splitlines())) + "\n")
+    out = tmp_path / "out"
+    assert main(["data", "export-csv", "--data", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(f"fashiondist: error: {re.escape(str(bad))}{expected}\n", err), err
+    assert not out.exists()

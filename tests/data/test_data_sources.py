@@ -101,13 +101,34 @@ def test_csv_sources_hold_one_part(sample, tmp_path):
     test_part = load_data(str(tmp_path / "testX.csv"), split="test")
     np.testing.assert_array_equal(test_part.ids, sample.ids[:40] * 7)
     with pytest.raises(
-        InputError, match=r"testX\.csv: is a test file .* no train part \(hint: use --split test\)"
+        InputError,
+        match=r"testX\.csv: is a test file .* no labelled images to train or evaluate on \(hint: give a train\.csv .*; predict a testX\.csv with `fashiondist infer`\)$",
     ):
         load_data(str(tmp_path / "testX.csv"))
     with pytest.raises(
-        InputError, match=r"train\.csv: is a train file .* no test part \(hint: use --split train\)"
+        InputError,
+        match=r"train\.csv: is a train file .* no test part \(hint: a test part is a testX\.csv: Id and 784 pixels, no Label\)$",
     ):
         load_data(str(tmp_path / "train.csv"), split="test")
+
+
+def test_train_on_a_test_csv_names_what_train_needs(sample, tmp_path, capsys):
+    """`train --data testX.csv` once suggested `--split test`, an option train does not have."""
+    test_csv = tmp_path / "testX.csv"
+    write_competition_csv(test_csv, sample.ids[:40], sample.images[:40])
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cnn", "--data", str(test_csv), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"fashiondist: error: {test_csv}: is a test file (it has no Label column), so it has no labelled images "
+        "to train or evaluate on (hint: give a train.csv (Id, Label, 784 pixels); predict a testX.csv with "
+        "`fashiondist infer`)\n"
+    )
+    assert not out.exists()
+    # `data info`, which has --split, says which split the file has
+    assert main(["data", "info", "--data", str(test_csv), "--split", "train"]) == 2
+    assert capsys.readouterr().err == (
+        f"fashiondist: error: --data {test_csv}: has no train part (hint: use --split test)\n"
+    )
 
 
 def test_five_class_relabelling(sample, tmp_path):

@@ -124,6 +124,13 @@ def _summary_without_params(run_dir: Path, y: np.ndarray, probs: np.ndarray) -> 
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
+def _class_names_as_one_string(run_dir: Path, y: np.ndarray, probs: np.ndarray) -> None:
+    """Ten one-letter names written as one JSON string: the right length, once read as its characters."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["class_names"] = "abcdefghij"[: probs.shape[1]]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
 def _history_bad_line(run_dir: Path, y: np.ndarray, probs: np.ndarray) -> None:
     with (run_dir / "metrics.jsonl").open("a") as handle:
         handle.write("{not json\n")
@@ -141,6 +148,7 @@ def _history_bad_line(run_dir: Path, y: np.ndarray, probs: np.ndarray) -> None:
         (_missing_probs, "missing array(s) probs"),
         (_no_predictions, "val_predictions.npz: not found"),
         (_summary_without_params, "summary.json: missing key(s) params"),
+        (_class_names_as_one_string, "summary.json: class_names must be a JSON list of names, got str"),
         (_history_bad_line, "metrics.jsonl, line 7: not valid JSON"),
     ],
 )

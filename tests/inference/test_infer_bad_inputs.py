@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from onnx import TensorProto, helper
 from fashiondist.cli import main
 from fashiondist.data.csvio import write_competition_csv
 from fashiondist.data.sources import load_data
-from fashiondist.errors import CsvError
-from fashiondist.inference import open_session, open_submission, predict_csv
+from fashiondist.errors import CsvError, InputError
+from fashiondist.inference import open_session, open_submission, predict_csv, predict_proba
 
 ROWS = 6  # a small real test file: header on line 1, rows on lines 2..7
 
@@ -97,11 +98,14 @@ def test_bad_row_in_a_later_chunk_leaves_no_file(good_lines, onnx_model: Path, t
     assert [p.name for p in tmp_path.iterdir()] == ["testX.csv"]
 
 
-def _tiny_model(path: Path, shape: list, metadata: dict[str, str], output: str = "probs") -> Path:
-    """A valid ONNX classifier built by hand: uint8 image -> cast -> flatten -> matmul -> softmax."""
+def _tiny_model(
+    path: Path, shape: list, metadata: dict[str, str], output: str = "probs", fill: float = 0.0
+) -> Path:
+    """A valid ONNX classifier built by hand: uint8 image -> cast -> flatten -> matmul -> softmax, every
+    weight `fill` (NaN: a model whose every probability is NaN)."""
     pixels = int(np.prod(shape[1:]))
     weights = helper.make_tensor(
-        "w", TensorProto.FLOAT, [pixels, 10], np.zeros(pixels * 10, dtype=np.float32)
+        "w", TensorProto.FLOAT, [pixels, 10], np.full(pixels * 10, fill, dtype=np.float32)
     )
     nodes = [
         helper.make_node("Cast", ["pixels"], ["x"], to=TensorProto.FLOAT),
@@ -181,4 +185,94 @@ def test_out_directory_must_exist(onnx_model: Path, sample_test_csv: Path, tmp_p
     assert (code, err) == (
         2,
         f"fashiondist: error: {out}: the output directory {out.parent} does not exist\n",
+    )
+
+
+GOOD_OUT = b"Id,Label\n1,2\n"  # an earlier submission that a refused run must leave byte-identical
+
+
+def _refused(csv_path: Path, model: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The error output of an `infer` that must refuse (exit 2), leave an earlier submission at `out`
+    byte-identical and write no other file beside it."""
+    out.write_bytes(GOOD_OUT)
+    before = sorted(out.parent.iterdir())
+    code, err = _run_infer(csv_path, model, out, capsys)
+    assert code == 2, err
+    assert out.read_bytes() == GOOD_OUT
+    assert sorted(out.parent.iterdir()) == before  # no temp file either
+    return err
+
+
+def _with_metadata(onnx_model: Path, path: Path, **changes: str) -> Path:
+    """The real exported model with some metadata_props replaced."""
+    model = onnx.load(onnx_model)
+    helper.set_model_props(model, {**_metadata(onnx_model), **changes})
+    onnx.save(model, path)
+    return path
+
+
+HINT = " (hint: re-export it with `fashiondist export`)"
+METADATA_CASES = [
+    pytest.param({"val_accuracy": "not-a-number"}, ": metadata val_accuracy = 'not-a-number' is not null or a number in 0..1", id="accuracy-text"),
+    pytest.param({"val_accuracy": "NaN"}, ": metadata val_accuracy = 'NaN' is not null or a number in 0..1", id="accuracy-nan"),
+    pytest.param({"val_accuracy": "1.5"}, ": metadata val_accuracy = '1.5' is not null or a number in 0..1", id="accuracy-above-1"),
+    pytest.param({"num_classes": "ten"}, ": metadata num_classes = 'ten' is not an integer of at least 2", id="classes-text"),
+    pytest.param({"num_classes": "1"}, ": metadata num_classes = '1' is not an integer of at least 2", id="one-class"),
+    pytest.param({"class_names": json.dumps("0123456789")},
+                 """: metadata class_names = '"0123456789"' is not a JSON list of 10 distinct class names""", id="names-one-string"),
+    pytest.param({"class_names": json.dumps(["a"] * 10)},
+                 f": metadata class_names = {json.dumps(['a'] * 10)!r} is not a JSON list of 10 distinct class names", id="names-repeat"),
+    pytest.param({"class_names": "[T-shirt"}, ": metadata class_names = '[T-shirt' is not a JSON list of 10 distinct class names", id="names-not-json"),
+    pytest.param({"model": " "}, ": metadata model = ' ' is not a non-empty name", id="model-blank"),
+    pytest.param({"tta": "sideways"}, ": metadata tta = 'sideways' is not one of none, flip", id="tta"),
+    pytest.param({"model_kwargs": "[64]"}, ": metadata model_kwargs = '[64]' is not a JSON object", id="kwargs"),
+    pytest.param({"epoch": "-1"}, ": metadata epoch = '-1' is not a whole number", id="epoch"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("changes,problem", METADATA_CASES)
+def test_malformed_metadata_is_refused_before_anything_is_written(
+    changes, problem, onnx_model: Path, sample_test_csv: Path, tmp_path: Path, capsys
+):
+    """`val_accuracy` = "not-a-number" once wrote the submission, then failed with a traceback."""
+    model = _with_metadata(onnx_model, tmp_path / "model.onnx", **changes)
+    assert (
+        _refused(sample_test_csv, model, tmp_path / "submission.csv", capsys)
+        == f"fashiondist: error: {model}{problem}{HINT}\n"
+    )
+
+
+def test_a_model_that_outputs_nan_is_refused(onnx_model: Path, good_lines, tmp_path: Path, capsys):
+    """A model whose probabilities are NaN was accepted and every label became 0."""
+    model = _tiny_model(tmp_path / "nan.onnx", ["N", 1, 28, 28], _metadata(onnx_model), fill=np.nan)
+    csv_path = tmp_path / "testX.csv"
+    csv_path.write_text("\n".join(good_lines) + "\n")
+    assert _refused(csv_path, model, tmp_path / "submission.csv", capsys) == (
+        f"fashiondist: error: {model}: model cnn outputs NaN or infinite probabilities for {ROWS} of {ROWS} "
+        f"rows, the first at {csv_path}, line 2 (hint: the model is broken; train or export it again)\n"
+    )
+    images = load_data("sample", split="test").images[:3]
+    with pytest.raises(InputError, match=r"for 3 of 3 rows, the first at image 0 \("):
+        predict_proba(open_session(model, "cpu"), images)
+
+
+def test_old_mac_line_ends_predict_every_row(good_lines, onnx_model: Path, tmp_path: Path, capsys):
+    """A `\\r`-only file once printed "wrote S.csv: 0 rows" and replaced a good S.csv with a bare header."""
+    lf, cr = tmp_path / "lf.csv", tmp_path / "cr.csv"
+    lf.write_text("\n".join(good_lines) + "\n")
+    cr.write_text("\r".join(good_lines) + "\r", newline="")
+    assert _run_infer(lf, onnx_model, tmp_path / "lf-out.csv", capsys)[0] == 0
+    out = tmp_path / "out.csv"
+    out.write_bytes(GOOD_OUT)
+    assert main(["infer", str(cr), "--model", str(onnx_model), "--out", str(out)]) == 0
+    assert f"wrote {out}: {ROWS} rows" in capsys.readouterr().out
+    assert out.read_bytes() == (tmp_path / "lf-out.csv").read_bytes()
+
+
+def test_a_huge_field_is_one_error_and_keeps_the_old_submission(onnx_model: Path, tmp_path: Path, capsys):
+    """`python -c "print('A'*200000)" > h.csv` was a `_csv.Error` traceback, exit 1."""
+    huge = tmp_path / "h.csv"
+    huge.write_text("A" * 200_000 + "\n")
+    assert _refused(huge, onnx_model, tmp_path / "submission.csv", capsys) == (
+        f"fashiondist: error: {huge}, line 1: cannot be split into cells: field larger than field limit (131072)\n"
     )
