@@ -44,8 +44,8 @@ from fashiondist.bench.child import last_line
 from fashiondist.bench.keras_twin import TWINS as KERAS_TWINS
 from fashiondist.bench.stats import Stat, rotation, timed, torch_threads
 from fashiondist.config import Precision, TrainConfig, resolve_config
-from fashiondist.data.device import Layout, TrainBatches
 from fashiondist.data.sources import Dataset, load_data
+from fashiondist.engine.batches import BatchLayout, TrainBatches
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.trainer import build_optimizer, make_accelerator, micro_step, seed_step
 from fashiondist.errors import FashiondistError, InputError
@@ -142,7 +142,7 @@ def _setup(cfg: TrainConfig, acc: Accelerator, data: Dataset) -> _Setup:
     """What `Trainer.__init__` does for one process, without the validation split (every image trains here)."""
     from accelerate.utils import set_seed
 
-    layout = Layout.of(cfg.batch_size, cfg.grad_accum, acc.num_processes)
+    layout = BatchLayout.of(cfg.batch_size, cfg.grad_accum, acc.num_processes)
     batches = TrainBatches(
         data.images,
         data.labels,

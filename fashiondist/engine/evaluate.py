@@ -15,7 +15,7 @@ import torch
 
 from fashiondist.config import Tta
 from fashiondist.data.atomic import atomic_write
-from fashiondist.data.device import shard_for_eval
+from fashiondist.engine.batches import shard_for_eval
 
 
 @torch.no_grad()

@@ -29,10 +29,10 @@ from safetensors.torch import load_file
 from fashiondist import __version__
 from fashiondist.config import Optimizer, Precision, TrainConfig, save_yaml
 from fashiondist.data.atomic import atomic_write
-from fashiondist.data.device import Layout, TrainBatches
 from fashiondist.data.sources import Dataset
 from fashiondist.data.split import stratified_split
 from fashiondist.engine import checkpoint
+from fashiondist.engine.batches import BatchLayout, TrainBatches
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.evaluate import EvalResult, evaluate, save_predictions
 from fashiondist.engine.preemption import PreemptionWatch
@@ -126,7 +126,7 @@ class Trainer:
         self.run_dir = cfg.run_dir()
         self.num_classes = data.num_classes
         self.class_names = list(data.class_names)
-        self.layout = Layout.of(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
+        self.layout = BatchLayout.of(cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
 
         train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
         self.batches = TrainBatches(
