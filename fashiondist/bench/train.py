@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from fashiondist.bench.child import last_line
+from fashiondist.bench.child_process import last_line
 from fashiondist.bench.keras_twin import TWINS as KERAS_TWINS
 from fashiondist.bench.stats import Stat, rotation, timed, torch_threads
 from fashiondist.config import Precision, TrainConfig, resolve_config

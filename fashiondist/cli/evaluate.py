@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         evaluate_path(args.path, console)
         return 0
-    from fashiondist.engine.predict import predict_checkpoint
+    from fashiondist.engine.checkpoint_predictions import predict_checkpoint
 
     out = Path(args.out or f"{Path(args.path).resolve()}-eval")
     predict_checkpoint(args.path, args.data, out, batch_size=args.batch_size)

@@ -1,6 +1,6 @@
 """Evaluation on every rank: each rank predicts its shard, the shards are gathered, every sample counts once.
 
-Test-time policy (flip averaging) is `predict_probs`, a function of its own, never inside a model's forward.
+Test-time policy (flip averaging) is `model_probs`, a function of its own, never inside a model's forward.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from fashiondist.engine.batches import shard_for_eval
 
 
 @torch.no_grad()
-def predict_probs(
+def model_probs(
     model: torch.nn.Module,
     images: torch.Tensor,
     batch_size: int,
     tta: Tta = Tta.NONE,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
-    """Class probabilities float32 [M, K] for uint8 images [M, 1, H, W] (on the model's device).
+    """A torch model's class probabilities float32 [M, K] for uint8 images [M, 1, H, W] (on the model's
+    device), under the test-time policy `tta`. (The onnxruntime side is `inference.predict.predict_proba`.)
 
     `autocast` makes a fresh mixed-precision context per batch (e.g. `accelerator.autocast`).
     """
@@ -65,7 +66,7 @@ def evaluate(accelerator, model, images: torch.Tensor, labels: torch.Tensor, bat
     n = len(labels)
     index, _ = shard_for_eval(n, accelerator.process_index, accelerator.num_processes)
     index = index.to(images.device)
-    probs = predict_probs(model, images[index], batch_size, tta, accelerator.autocast)
+    probs = model_probs(model, images[index], batch_size, tta, accelerator.autocast)
     gathered_probs = accelerator.gather(probs)[:n].cpu()
     gathered_labels = accelerator.gather(labels[index])[:n].cpu()
     nll = -torch.log(gathered_probs.gather(1, gathered_labels[:, None]).clamp_min(1e-12)).mean()

@@ -31,7 +31,7 @@ from fashiondist.config import Optimizer, Precision, TrainConfig, save_yaml
 from fashiondist.data.atomic import atomic_write
 from fashiondist.data.sources import Dataset
 from fashiondist.data.split import stratified_split
-from fashiondist.engine import checkpoint
+from fashiondist.engine import run_checkpoint
 from fashiondist.engine.batches import BatchLayout, TrainBatches
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.evaluate import EvalResult, evaluate, save_predictions
@@ -146,7 +146,7 @@ class Trainer:
         self.state = self._fresh_state()
         last = self._resume_dir()
         if last is not None:
-            self.state = checkpoint.load_trainer_state(last)
+            self.state = run_checkpoint.load_trainer_state(last)
             self._check_resumable(last)
             model.load_state_dict(load_file(str(last / "model.safetensors")))
         model = model.to(accelerator.device)
@@ -193,10 +193,10 @@ class Trainer:
             return None
         if resume == "auto":
             try:
-                return checkpoint.find_last(self.run_dir)
+                return run_checkpoint.find_last(self.run_dir)
             except InputError:
                 return None
-        return checkpoint.find_last(resume)
+        return run_checkpoint.find_last(resume)
 
     def _check_resumable(self, last: Path) -> None:
         for key, mine in (("model", self.cfg.model), ("model_kwargs", self.cfg.model_kwargs), ("global_batch", self.cfg.batch_size)):
@@ -207,9 +207,9 @@ class Trainer:
                 )
 
     def _restore(self, last: Path) -> None:
-        self.optimizer.load_state_dict(checkpoint.load_optimizer_state(last))
-        if self.ema is not None and (last / checkpoint.EMA_DIR).is_dir():
-            self.ema.module.load_state_dict(load_file(str(last / checkpoint.EMA_DIR / "model.safetensors")))
+        self.optimizer.load_state_dict(run_checkpoint.load_optimizer_state(last))
+        if self.ema is not None and (last / run_checkpoint.EMA_DIR).is_dir():
+            self.ema.module.load_state_dict(load_file(str(last / run_checkpoint.EMA_DIR / "model.safetensors")))
         if self.state["scaler"] and self.acc.scaler is not None:
             self.acc.scaler.load_state_dict(self.state["scaler"])
 
@@ -225,7 +225,7 @@ class Trainer:
         if self.acc.scaler is not None:
             self.state["scaler"] = self.acc.scaler.state_dict()
         ema_save = (lambda d: self._save_weights(self.ema.module, d)) if self.ema else None
-        checkpoint.save_last(self.run_dir, lambda d: self._save_weights(self.raw_model, d), self.optimizer, ema_save, self.state)
+        run_checkpoint.save_last(self.run_dir, lambda d: self._save_weights(self.raw_model, d), self.optimizer, ema_save, self.state)
 
     # --- the loop --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -377,7 +377,7 @@ class Trainer:
             "tta": self.cfg.tta.value,
             "ema": self.ema is not None,
         }
-        with checkpoint.atomic_dir(self.run_dir / "best") as tmp:
+        with run_checkpoint.atomic_dir(self.run_dir / "best") as tmp:
             self._save_weights(self._eval_model(), tmp, extra)
 
     def _truncate_metrics(self, epochs_done: int) -> None:
@@ -424,7 +424,7 @@ class Trainer:
                 "ranks_in_sync": in_sync,
                 "version": __version__,
             }
-            checkpoint.write_json(self.run_dir / "summary.json", summary)
+            run_checkpoint.write_json(self.run_dir / "summary.json", summary)
         acc.wait_for_everyone()
 
     def _ranks_in_sync(self) -> bool:

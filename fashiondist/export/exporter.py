@@ -64,7 +64,7 @@ class ProbsHead(nn.Module):
     """The exported graph: uint8 pixels [N, 1, 28, 28] -> float32 probabilities [N, K].
 
     With flip TTA the image and its horizontal mirror go through the model as one batch of 2N and their
-    probabilities are averaged, the same policy as the engine's `predict_probs`.
+    probabilities are averaged, the same policy as the engine's `model_probs`.
     """
 
     def __init__(self, model: nn.Module, tta: Tta = Tta.NONE):

@@ -2,7 +2,7 @@
 
 For each batch size (1, an odd 7, and 256 by default) both runtimes predict the same real images in batches
 of that size; the check passes when every probability agrees within `atol` and every argmax agrees. The
-PyTorch side is the engine's own `predict_probs` (the trainer's evaluation, TTA included), so the ONNX file
+PyTorch side is the engine's own `model_probs` (the trainer's evaluation, TTA included), so the ONNX file
 is held to exactly what validation measured.
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from fashiondist.config import Tta
 from fashiondist.constants import IMAGE_SHAPE, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
-from fashiondist.engine.evaluate import predict_probs
+from fashiondist.engine.evaluate import model_probs
 
 PARITY_BATCH_SIZES = (1, 7, 256)
 PARITY_ATOL = 1e-5  # max |probability difference|, float32 on both sides
@@ -72,7 +72,7 @@ def check_parity(
         chosen = np.resize(images, (n, *images.shape[1:])) if len(images) < n else images[:n]
         pixels = np.array(chosen).reshape(-1, *IMAGE_SHAPE)  # a writable copy, [n, 28, 28] -> [n, 1, 28, 28]
         ort_probs = ort_predict(session, pixels, batch_size)
-        torch_probs = predict_probs(model, torch.from_numpy(pixels), batch_size, tta).numpy()
+        torch_probs = model_probs(model, torch.from_numpy(pixels), batch_size, tta).numpy()
         rows.append(
             ParityRow(
                 batch_size=batch_size,
