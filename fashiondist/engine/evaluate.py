@@ -57,7 +57,9 @@ class EvalResult:
         return len(self.labels)
 
 
-def evaluate(accelerator, model, images: torch.Tensor, labels: torch.Tensor, batch_size: int, tta: Tta) -> EvalResult:
+def evaluate(
+    accelerator, model, images: torch.Tensor, labels: torch.Tensor, batch_size: int, tta: Tta
+) -> EvalResult:
     """Every rank predicts its padded shard; gather and keep the first M rows, so the count is exact.
 
     We do not use a DataLoader (the data already lives on the device), so `gather_for_metrics` cannot know the
