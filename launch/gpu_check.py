@@ -415,12 +415,12 @@ def check_onnxruntime(cfg: CheckConfig, row: OnnxRow, run_dir: Path, onnx_path: 
 
 
 def torch_probs(model, pixels, device: str, batch: int = 1024):
-    """The engine's own prediction (`predict_probs`, the trainer's validation) on uint8 [N, 1, 28, 28]."""
+    """The engine's own prediction (`model_probs`, the trainer's validation) on uint8 [N, 1, 28, 28]."""
     import torch
 
-    from fashiondist.engine.evaluate import predict_probs
+    from fashiondist.engine.evaluate import model_probs
 
-    return predict_probs(model, torch.from_numpy(pixels).to(device), batch).cpu().numpy()
+    return model_probs(model, torch.from_numpy(pixels).to(device), batch).cpu().numpy()
 
 
 _SESSIONS: dict[tuple, Any] = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fashiondist.bench.child import child_env
+from fashiondist.bench.child_process import child_env
 from fashiondist.bench.stats import Stat
 from fashiondist.errors import FashiondistError, InputError
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fashiondist.bench.child import child_env, last_line
+from fashiondist.bench.child_process import child_env, last_line
 from fashiondist.bench.stats import Stat, calls_for, rotation, timed, torch_threads
 from fashiondist.bench.user_script import write_script
 from fashiondist.constants import IMAGE_SHAPE

@@ -1,8 +1,8 @@
 """`bench train`: training images/s of three input pipelines around the same model step, side by side.
 
-    engine      the engine's device-resident pipeline: TrainBatches (uint8 images on the device, a seeded
-                permutation per epoch) + apply_augment (flip, 2 px shift, erase: whole-batch tensor ops) +
-                the trainer's step through accelerate (prepare, accumulate, backward), with its bookkeeping
+    engine      what `fashiondist train` runs: TrainBatches (uint8 images on the device, a seeded permutation
+                per epoch) + apply_augment (flip, 2 px shift, erase: whole-batch tensor ops) + the trainer's
+                own optimizer step (`PreparedTraining.step`: accumulate, backward, lr, clip, tally, EMA)
     bare_step   the ceiling: the same prepared model and optimizer stepping on one fixed, ready batch
     dataloader  what most users write: a per-sample Dataset of PIL images with torchvision transforms
                 (RandomHorizontalFlip, RandomCrop(28, padding=2), PILToTensor) in a torch DataLoader
@@ -19,9 +19,10 @@ accelerator (accelerate's state reset) and fresh seeded models; within a block e
 pipelines one after another, each after its own warm-up steps; the order of precisions and of pipelines
 rotates from repeat to repeat. One process only (not under `accelerate launch`).
 
-The engine loop below is the body of `Trainer._train_epoch`, line for line minus the progress bar, the
-preemption check and the periodic non-finite check (they read a flag or sync every 25 steps); the engine
-does not expose its step as a function, so keep the two in step when the trainer's loop changes.
+Every pipeline trains a model set up by the engine's own `prepare_training` (model, channels_last, optimizer,
+`accelerator.prepare`, device batches), as `Trainer` does; this file holds no copy of the set-up or the step.
+Around each step the trainer adds only a progress bar, a preemption check and a non-finite check (they read
+a flag or sync every 25 steps), which the engine pipeline leaves out.
 """
 
 from __future__ import annotations
@@ -32,29 +33,29 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 
-from fashiondist.bench.child import last_line
+from fashiondist.bench.child_process import last_line
 from fashiondist.bench.keras_twin import TWINS as KERAS_TWINS
 from fashiondist.bench.stats import Stat, rotation, timed, torch_threads
 from fashiondist.config import Precision, TrainConfig, resolve_config
-from fashiondist.data.device import Layout, TrainBatches
 from fashiondist.data.sources import Dataset, load_data
-from fashiondist.engine.ema import Ema
-from fashiondist.engine.trainer import build_optimizer, make_accelerator, micro_step, seed_step
+from fashiondist.engine.batches import TrainBatches
+from fashiondist.engine.prepared import PreparedTraining, TrainTally, prepare_training
+from fashiondist.engine.trainer import make_accelerator
 from fashiondist.errors import FashiondistError, InputError
-from fashiondist.models.registry import create_model, model_recipe
+from fashiondist.models.registry import model_recipe
 
 ENGINE = "engine"
 BARE = "bare_step"
 KERAS = "keras"
 _FLOAT_PRECISION = Precision.NO.value
+Samples = dict[tuple[str, str, str], list[float]]  # (model, precision, pipeline) -> images/s per repeat
 
 
 def loader_name(workers: int) -> str:
@@ -103,27 +104,6 @@ class TrainBench:
                 )
 
 
-@dataclass
-class _Setup:
-    """One model ready to train: the engine's config, accelerator, prepared model and optimizer, and its batches."""
-
-    cfg: TrainConfig
-    acc: Accelerator
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    batches: TrainBatches
-    fixed: tuple[torch.Tensor, torch.Tensor]  # one ready batch on the device: uint8 [B,1,H,W], int64 [B]
-    closers: list[Callable[[], None]] = field(default_factory=list)
-
-    def bare_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Forward, backward, optimizer step: the least a training step can do (still through accelerate, so
-        autocast and fp16 loss scaling are the engine's)."""
-        loss, _ = self.model(x, targets=y, label_smoothing=self.cfg.label_smoothing)
-        self.acc.backward(loss)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-
 def _reset_accelerate() -> None:
     """Forget the process's accelerate state so the next Accelerator may take another mixed precision."""
     from accelerate.state import AcceleratorState, GradientState
@@ -138,74 +118,35 @@ def _config(bench: TrainBench, name: str, precision: str) -> TrainConfig:
     return resolve_config(name, None, flags, recipe_for=model_recipe)
 
 
-def _setup(cfg: TrainConfig, acc: Accelerator, data: Dataset) -> _Setup:
-    """What `Trainer.__init__` does for one process, without the validation split (every image trains here)."""
-    from accelerate.utils import set_seed
-
-    layout = Layout.of(cfg.batch_size, cfg.grad_accum, acc.num_processes)
-    batches = TrainBatches(
-        data.images,
-        data.labels,
-        layout,
-        acc.process_index,
-        acc.device,
-        cfg.seed,
-        cfg.augment,
-        cfg.shift,
-        cfg.erase,
-    )
-    set_seed(cfg.seed)
-    model = create_model(cfg.model, data.num_classes, **cfg.model_kwargs)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = model.to(acc.device)
-    optimizer = build_optimizer(cfg, model)
-    model, optimizer = acc.prepare(model, optimizer)
-    acc.gradient_accumulation_steps = cfg.grad_accum
-    acc.step = 0
-    model.train()
-    fixed = next(batches.epoch(0))
-    return _Setup(cfg, acc, model, optimizer, batches, (fixed[0].clone(), fixed[1].clone()))
-
-
 def _endless(batches: TrainBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The engine's micro-batches epoch after epoch (each epoch draws its permutation and augmentation plan)."""
     for epoch in itertools.count():
         yield from batches.epoch(epoch)
 
 
-class _EngineLoop:
-    """`Trainer._train_epoch`'s step (the engine's `seed_step` + `micro_step`) with its running sums and EMA."""
+class _EngineSteps:
+    """The `engine` pipeline: the trainer's own optimizer step (`PreparedTraining.step`: dropout seed,
+    accumulation, lr schedule, clipping, running tally, EMA) on the engine's batches, epoch after epoch."""
 
-    def __init__(self, setup: _Setup):
-        self.s = setup
-        device = setup.acc.device
-        self.batches = _endless(setup.batches)
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        self.step_t = torch.tensor(0, device=device)
-        self.micro = 0
+    def __init__(self, training: PreparedTraining):
+        self.training = training
+        self.micro_batches = _endless(training.batches)
+        self.tally = TrainTally(training.acc.device, 0)
         self.step = 0
-        self.total_steps = setup.batches.steps_per_epoch * setup.cfg.epochs
-        self.ema = Ema(setup.acc.unwrap_model(setup.model), setup.cfg.ema) if setup.cfg.ema > 0 else None
 
     def __call__(self) -> None:
-        s, cfg, acc = self.s, self.s.cfg, self.s.acc
-        x, y = next(self.batches)
-        if self.micro % cfg.grad_accum == 0:
-            seed_step(cfg.seed, self.step, acc.process_index)
-        self.micro += 1
-        loss, logits = micro_step(acc, s.model, s.optimizer, x, y, cfg, self.step % self.total_steps, self.total_steps)
-        count = torch.tensor(len(y), dtype=torch.float64, device=acc.device)
-        self.sums += torch.stack([loss.double() * len(y), (logits.argmax(1) == y).sum().double(), count])
-        self.first_bad = torch.where(
-            (self.first_bad < 0) & ~torch.isfinite(loss), self.step_t, self.first_bad
-        )
-        if acc.sync_gradients:
-            self.step += 1
-            self.step_t += 1
-            if self.ema is not None:
-                self.ema.update(acc.unwrap_model(s.model), self.step)
+        # the schedule starts over after the run's planned steps, so a long benchmark never runs off its end
+        self.training.step(self.micro_batches, self.step % self.training.total_steps, self.tally)
+        self.step += 1
+
+
+def _bare_step(training: PreparedTraining, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Forward, backward, optimizer step: the least a training step can do (still through accelerate, so
+    autocast and fp16 loss scaling are the engine's)."""
+    loss, _ = training.model(x, targets=y, label_smoothing=training.cfg.label_smoothing)
+    training.acc.backward(loss)
+    training.optimizer.step()
+    training.optimizer.zero_grad(set_to_none=True)
 
 
 class PerSampleImages(torch.utils.data.Dataset):
@@ -253,20 +194,25 @@ def _loader_batches(
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def _pipeline(name: str, setup: _Setup, data: Dataset) -> Callable[[], None]:
-    """One optimizer step of pipeline `name`, as a callable (batch fetch included)."""
+def _pipeline(
+    name: str, training: PreparedTraining, data: Dataset, closers: list[Callable[[], None]]
+) -> Callable[[], None]:
+    """One optimizer step of pipeline `name`, as a callable (batch fetch included); what must be shut down
+    afterwards goes on `closers`."""
     if name == ENGINE:
-        return _EngineLoop(setup)
+        return _EngineSteps(training)
     if name == BARE:
-        x, y = setup.fixed
-        return lambda: setup.bare_step(x, y)
+        x, y = (
+            t.clone() for t in next(training.batches.epoch(0))
+        )  # one ready batch: uint8 [B,1,H,W], int64 [B]
+        return lambda: _bare_step(training, x, y)
     workers = int(name.removeprefix("dataloader_w"))
-    batches = _loader_batches(data, setup.cfg.batch_size, workers, setup.acc.device, setup.cfg.seed)
-    setup.closers.append(batches.close)  # shuts a loader's worker processes down
+    batches = _loader_batches(data, training.cfg.batch_size, workers, training.acc.device, training.cfg.seed)
+    closers.append(batches.close)  # shuts a loader's worker processes down
 
     def step() -> None:
         x, y = next(batches)
-        setup.bare_step(x, y)
+        _bare_step(training, x, y)
 
     return step
 
@@ -335,8 +281,8 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
 
 def _measure_all(
     bench: TrainBench, data: Dataset, log: Callable[[str], None], twin: _KerasTwin | None = None
-) -> tuple[dict[tuple[str, str, str], list[float]], dict[tuple[str, str], TrainConfig], str]:
-    samples: dict[tuple[str, str, str], list[float]] = {}
+) -> tuple[Samples, dict[tuple[str, str], TrainConfig], str]:
+    samples: Samples = {}
     device = None
     configs: dict[tuple[str, str], TrainConfig] = {}
     for repeat in range(bench.repeats):
@@ -348,16 +294,18 @@ def _measure_all(
                 configs[(name, precision)] = cfg
                 acc = acc or make_accelerator(cfg)
                 device = acc.device
-                setup = _setup(cfg, acc, data)
+                # every image trains here (no validation split); the trainer's own set-up
+                training = prepare_training(cfg, acc, data.images, data.labels, data.num_classes)
+                closers: list[Callable[[], None]] = []
                 try:
                     for pipeline in rotation(bench.pipelines, repeat):
                         if pipeline == KERAS and twin is not None:
                             rate = twin.rate(bench, name, precision)
                         else:
-                            rate = _measure(bench, _pipeline(pipeline, setup, data), acc.device)
+                            rate = _measure(bench, _pipeline(pipeline, training, data, closers), acc.device)
                         samples.setdefault((name, precision, pipeline), []).append(rate)
                 finally:
-                    for close in setup.closers:
+                    for close in closers:
                         close()
                 shown = ", ".join(f"{p} {samples[(name, precision, p)][-1]:,.0f}" for p in bench.pipelines)
                 log(f"repeat {repeat + 1}/{bench.repeats} {name} {precision}: {shown} images/s")
@@ -368,47 +316,10 @@ def _measure_all(
 def _result(
     bench: TrainBench,
     data: Dataset,
-    samples: dict[tuple[str, str, str], list[float]],
+    samples: Samples,
     configs: dict[tuple[str, str], TrainConfig],
     device: str,
 ) -> dict[str, Any]:
-    rows = []
-    for name in bench.models:
-        for precision in bench.precisions:
-            got = {p: samples[(name, precision, p)] for p in bench.pipelines}
-            ratios = {f"{ENGINE}/{BARE}": Stat.ratio(got[ENGINE], got[BARE])}
-            for w in bench.loader_workers:
-                ratios[f"{ENGINE}/{loader_name(w)}"] = Stat.ratio(got[ENGINE], got[loader_name(w)])
-            if KERAS in got:
-                ratios[f"{ENGINE}/{KERAS}"] = Stat.ratio(got[ENGINE], got[KERAS])
-            cfg = configs[(name, precision)]
-            rows.append(
-                {
-                    "model": name,
-                    "precision": precision,
-                    "optimizer": cfg.optimizer.value,
-                    "augment": {"flip": cfg.augment, "shift": cfg.shift, "erase": cfg.erase},
-                    "images_per_s": {p: Stat.of(v).to_dict() for p, v in got.items()},
-                    "ratios": {k: v.to_dict() for k, v in ratios.items()},
-                }
-            )
-    precision_ratios = []
-    for name in bench.models:
-        for precision in bench.precisions:
-            if precision == _FLOAT_PRECISION or _FLOAT_PRECISION not in bench.precisions:
-                continue
-            precision_ratios.append(
-                {
-                    "model": name,
-                    "ratio": f"{precision}/{_FLOAT_PRECISION}",
-                    "by_pipeline": {
-                        p: Stat.ratio(
-                            samples[(name, precision, p)], samples[(name, _FLOAT_PRECISION, p)]
-                        ).to_dict()
-                        for p in bench.pipelines
-                    },
-                }
-            )
     return {
         "benchmark": "train",
         "settings": {
@@ -426,9 +337,52 @@ def _result(
             "torch_threads": bench.threads or torch.get_num_threads(),
             "unit": "images/s (training: forward + backward + optimizer step)",
         },
-        "results": rows,
-        "precision_ratios": precision_ratios,
+        "results": [
+            _result_row(bench, name, precision, samples, configs[(name, precision)])
+            for name in bench.models
+            for precision in bench.precisions
+        ],
+        "precision_ratios": _precision_ratios(bench, samples),
     }
+
+
+def _result_row(
+    bench: TrainBench, name: str, precision: str, samples: Samples, cfg: TrainConfig
+) -> dict[str, Any]:
+    """One (model, precision): images/s per pipeline, and the engine's paired ratio to each other pipeline."""
+    got = {p: samples[(name, precision, p)] for p in bench.pipelines}
+    ratios = {f"{ENGINE}/{BARE}": Stat.ratio(got[ENGINE], got[BARE])}
+    for w in bench.loader_workers:
+        ratios[f"{ENGINE}/{loader_name(w)}"] = Stat.ratio(got[ENGINE], got[loader_name(w)])
+    if KERAS in got:
+        ratios[f"{ENGINE}/{KERAS}"] = Stat.ratio(got[ENGINE], got[KERAS])
+    return {
+        "model": name,
+        "precision": precision,
+        "optimizer": cfg.optimizer.value,
+        "augment": {"flip": cfg.augment, "shift": cfg.shift, "erase": cfg.erase},
+        "images_per_s": {p: Stat.of(v).to_dict() for p, v in got.items()},
+        "ratios": {k: v.to_dict() for k, v in ratios.items()},
+    }
+
+
+def _precision_ratios(bench: TrainBench, samples: Samples) -> list[dict[str, Any]]:
+    """Each mixed precision over fp32, per model and pipeline (none when fp32 was not measured)."""
+    if _FLOAT_PRECISION not in bench.precisions:
+        return []
+    return [
+        {
+            "model": name,
+            "ratio": f"{precision}/{_FLOAT_PRECISION}",
+            "by_pipeline": {
+                p: Stat.ratio(samples[(name, precision, p)], samples[(name, _FLOAT_PRECISION, p)]).to_dict()
+                for p in bench.pipelines
+            },
+        }
+        for name in bench.models
+        for precision in bench.precisions
+        if precision != _FLOAT_PRECISION
+    ]
 
 
 def train_tables(result: dict[str, Any], caption: str) -> list[Any]:

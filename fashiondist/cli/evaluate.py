@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import shutil
 
-    from fashiondist.engine.predict import predict_checkpoint
+    from fashiondist.engine.checkpoint_predictions import predict_checkpoint
 
     out = Path(args.out or f"{Path(args.path).resolve()}-eval")
     created = not out.exists()

@@ -1,1 +1,2 @@
-"""The training engine: the accelerate loop, LR schedule, checkpoints and resume, evaluation on every rank."""
+"""The training engine: device-resident batches and augmentation, the accelerate loop, LR schedule,
+checkpoints and resume, evaluation on every rank."""

@@ -29,6 +29,7 @@ class Ema:
         mine, theirs = self._pairs(model)
         torch._foreach_lerp_(mine, theirs, 1.0 - decay)
         # Integer buffers (BatchNorm's num_batches_tracked) follow the live model.
-        for mine_t, theirs_t in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+        pairs = zip(self.module.state_dict().values(), model.state_dict().values(), strict=True)
+        for mine_t, theirs_t in pairs:
             if not mine_t.is_floating_point():
                 mine_t.copy_(theirs_t)

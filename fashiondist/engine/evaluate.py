@@ -15,20 +15,21 @@ import torch
 
 from fashiondist.atomic_io import atomic_write
 from fashiondist.config import Tta
-from fashiondist.data.device import shard_for_eval
+from fashiondist.engine.batches import shard_for_eval
 from fashiondist.metrics import accuracy
 from fashiondist.models.tta import tta_probs
 
 
 @torch.no_grad()
-def predict_probs(
+def model_probs(
     model: torch.nn.Module,
     images: torch.Tensor,
     batch_size: int,
     tta: Tta = Tta.NONE,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
-    """Class probabilities float32 [M, K] for uint8 images [M, 1, H, W] (on the model's device).
+    """A torch model's class probabilities float32 [M, K] for uint8 images [M, 1, H, W] (on the model's
+    device), under the test-time policy `tta`. (The onnxruntime side is `inference.predict.predict_proba`.)
 
     `autocast` makes a fresh mixed-precision context per batch (e.g. `accelerator.autocast`).
     """
@@ -55,7 +56,9 @@ class EvalResult:
         return len(self.labels)
 
 
-def evaluate(accelerator, model, images: torch.Tensor, labels: torch.Tensor, batch_size: int, tta: Tta) -> EvalResult:
+def evaluate(
+    accelerator, model, images: torch.Tensor, labels: torch.Tensor, batch_size: int, tta: Tta
+) -> EvalResult:
     """Every rank predicts its padded shard; gather and keep the first M rows, so the count is exact.
 
     We do not use a DataLoader (the data already lives on the device), so `gather_for_metrics` cannot know the
@@ -64,7 +67,7 @@ def evaluate(accelerator, model, images: torch.Tensor, labels: torch.Tensor, bat
     n = len(labels)
     index, _ = shard_for_eval(n, accelerator.process_index, accelerator.num_processes)
     index = index.to(images.device)
-    probs = predict_probs(model, images[index], batch_size, tta, accelerator.autocast)
+    probs = model_probs(model, images[index], batch_size, tta, accelerator.autocast)
     gathered_probs = accelerator.gather(probs)[:n].cpu()
     gathered_labels = accelerator.gather(labels[index])[:n].cpu()
     nll = -torch.log(gathered_probs.gather(1, gathered_labels[:, None]).clamp_min(1e-12)).mean()

@@ -9,7 +9,7 @@ proto whose metadata_props say what the model is.
 Parity: for each batch size (1, an odd 7, and 256 by default) both runtimes predict the same real images in
 batches of that size; it passes when every probability agrees within `atol` and every argmax agrees. The
 onnxruntime side is the inference stage's own session and batching (its contract check included); the
-PyTorch side is the engine's `predict_probs`, so the file is held to exactly what validation measured.
+PyTorch side is the engine's `model_probs`, so the file is held to exactly what validation measured.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import nn
 from fashiondist import __version__
 from fashiondist.config import Tta
 from fashiondist.constants import IMAGE_SHAPE, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, PIXEL_MAX
-from fashiondist.engine.evaluate import predict_probs
+from fashiondist.engine.evaluate import model_probs
 from fashiondist.errors import FashiondistError
 from fashiondist.inference.predict import predict_proba
 from fashiondist.inference.session import ModelSession
@@ -146,7 +146,7 @@ def check_parity(
         chosen = np.resize(images, (n, *images.shape[1:])) if len(images) < n else images[:n]
         pixels = np.array(chosen).reshape(-1, *IMAGE_SHAPE)  # a writable copy, [n, 28, 28] -> [n, 1, 28, 28]
         ort_probs = predict_proba(session, pixels, batch_size)
-        torch_probs = predict_probs(model, torch.from_numpy(pixels), batch_size, tta).numpy()
+        torch_probs = model_probs(model, torch.from_numpy(pixels), batch_size, tta).numpy()
         rows.append(
             ParityRow(
                 batch_size=batch_size,

@@ -46,8 +46,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(out: Path, data: Path, *extra: str, launcher: list[str] | None = None, **popen) -> subprocess.CompletedProcess:
-    cmd = [*(launcher or [sys.executable, "-m"]), "fashiondist", "train", *TINY, "--data", str(data), "--out", str(out), *extra]
+def _train(out: Path, data: Path, *extra: str, launcher: list[str] | None = None, **popen):
+    """`fashiondist train` of the TINY run on `data` into `out` (in a child process, or under `launcher`)."""
+    cmd = [*(launcher or [sys.executable, "-m"]), "fashiondist", "train", *TINY, "--data", str(data)]
+    cmd += ["--out", str(out), *extra]
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240, cwd=REPO, **popen)
 
 
@@ -55,8 +57,15 @@ def _accelerate(*args: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", *args, "-m"]
 
 
+def _two_cpu_ranks() -> list[str]:
+    """`accelerate launch` of two CPU ranks on this host (cpu_ddp.yaml), on a free port."""
+    port = str(_free_port())
+    return _accelerate("--config_file", str(LAUNCH / "cpu_ddp.yaml"), "--main_process_port", port)
+
+
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{output}"
     return proc
 
 
@@ -77,8 +86,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 @pytest.mark.ddp
 def test_two_rank_ddp_matches_one_process(tmp_path, small_csv):
     single = _ok(_train(tmp_path / "single", small_csv))
-    ddp = _ok(_train(tmp_path / "ddp", small_csv, launcher=_accelerate(
-        "--config_file", str(LAUNCH / "cpu_ddp.yaml"), "--main_process_port", str(_free_port()))))
+    ddp = _ok(_train(tmp_path / "ddp", small_csv, launcher=_two_cpu_ranks()))
     assert "64 = 32 per device x 1 accumulation x 2 process(es)" in ddp.stderr
     assert "64 = 64 per device x 1 accumulation x 1 process(es)" in single.stderr
     _assert_close(_weights(tmp_path / "single"), _weights(tmp_path / "ddp"), rtol=1e-4, atol=1e-5)
@@ -86,7 +94,9 @@ def test_two_rank_ddp_matches_one_process(tmp_path, small_csv):
     assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True
     one, two = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
     assert [m["val_count"] for m in two] == [m["val_count"] for m in one]
-    np.testing.assert_allclose([m["val_acc"] for m in two], [m["val_acc"] for m in one], atol=1 / one[0]["val_count"] + 1e-9)
+    one_image = 1 / one[0]["val_count"]
+    one_acc, two_acc = [m["val_acc"] for m in one], [m["val_acc"] for m in two]
+    np.testing.assert_allclose(two_acc, one_acc, atol=one_image + 1e-9)
 
 
 def test_accumulation_matches_one_big_batch(tmp_path, small_csv):
@@ -98,7 +108,8 @@ def test_accumulation_matches_one_big_batch(tmp_path, small_csv):
 def test_resume_continues_bitwise(tmp_path, small_csv):
     # A constant learning rate does not depend on the planned number of epochs, so "2 epochs, then resume to
     # 4" is the same run as "4 epochs" (with onecycle the plan changes; see the SIGTERM test for that case).
-    flat = ["--schedule", "constant", "--set", "warmup_fraction=0", "--model", "convnet", "--set", "model_kwargs.width=0.5"]
+    flat = ["--schedule", "constant", "--set", "warmup_fraction=0"]
+    flat += ["--model", "convnet", "--set", "model_kwargs.width=0.5"]
     _ok(_train(tmp_path / "straight", small_csv, *flat, "--epochs", "4"))
     _ok(_train(tmp_path / "resumed", small_csv, *flat, "--epochs", "2"))
     resumed = _ok(_train(tmp_path / "resumed", small_csv, *flat, "--epochs", "4", "--resume", "auto"))
@@ -106,7 +117,8 @@ def test_resume_continues_bitwise(tmp_path, small_csv):
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(np.array_equal(a[k], b[k]) for k in a), "resumed weights must be bitwise equal"
     assert [m["epoch"] for m in _metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
-    assert [m["val_acc"] for m in _metrics(tmp_path / "resumed")] == [m["val_acc"] for m in _metrics(tmp_path / "straight")]
+    straight_acc = [m["val_acc"] for m in _metrics(tmp_path / "straight")]
+    assert [m["val_acc"] for m in _metrics(tmp_path / "resumed")] == straight_acc
 
 
 @pytest.mark.ddp
@@ -117,8 +129,8 @@ def test_gathered_validation_count_is_exact_with_an_odd_split(tmp_path, small_cs
     fraction = 0.15  # 99 validation images of the 660
     _, val = stratified_split(data.labels, fraction, seed=0)
     assert len(val) % 2 == 1, "the split must be odd for this test to mean something"
-    _ok(_train(tmp_path / "odd", small_csv, "--val-fraction", str(fraction), "--epochs", "1",
-               launcher=_accelerate("--config_file", str(LAUNCH / "cpu_ddp.yaml"), "--main_process_port", str(_free_port()))))
+    split = ["--val-fraction", str(fraction), "--epochs", "1"]
+    _ok(_train(tmp_path / "odd", small_csv, *split, launcher=_two_cpu_ranks()))
     assert [m["val_count"] for m in _metrics(tmp_path / "odd")] == [len(val)]
     with np.load(tmp_path / "odd" / "val_predictions.npz", allow_pickle=False) as preds:
         assert preds["probs"].shape == (len(val), 10)
@@ -130,11 +142,13 @@ def test_multi_node_on_one_host(tmp_path, small_csv):
     port = str(_free_port())
     procs = []
     for rank in (0, 1):
-        launcher = _accelerate("--config_file", str(LAUNCH / "cpu_multi_node.yaml"), "--machine_rank", str(rank),
-                               "--main_process_ip", "127.0.0.1", "--main_process_port", port)
+        config = ["--config_file", str(LAUNCH / "cpu_multi_node.yaml"), "--machine_rank", str(rank)]
+        launcher = _accelerate(*config, "--main_process_ip", "127.0.0.1", "--main_process_port", port)
         # One --out for both, as machines sharing a file system use it; only the global main process writes.
-        cmd = [*launcher, "fashiondist", "train", *TINY, "--data", str(small_csv), "--out", str(tmp_path / "run")]
-        procs.append(subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        cmd = [*launcher, "fashiondist", "train", *TINY, "--data", str(small_csv)]
+        cmd += ["--out", str(tmp_path / "run")]
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        procs.append(subprocess.Popen(cmd, env=ENV, cwd=REPO, **pipes))
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-4000:]
@@ -146,7 +160,8 @@ def test_multi_node_on_one_host(tmp_path, small_csv):
 def test_sigterm_saves_a_resumable_checkpoint_mid_epoch(tmp_path, small_csv):
     args = ["--epochs", "8", "--batch-size", "32"]
     _ok(_train(tmp_path / "straight", small_csv, *args))
-    cmd = [sys.executable, "-m", "fashiondist", "train", *TINY, *args, "--data", str(small_csv), "--out", str(tmp_path / "cut")]
+    cmd = [sys.executable, "-m", "fashiondist", "train", *TINY, *args, "--data", str(small_csv)]
+    cmd += ["--out", str(tmp_path / "cut")]
     proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "cut" / "metrics.jsonl").exists() and time.time() < deadline:
@@ -161,7 +176,7 @@ def test_sigterm_saves_a_resumable_checkpoint_mid_epoch(tmp_path, small_csv):
     assert leftovers == [], f"partial files left behind: {leftovers}"
     _ok(_train(tmp_path / "cut", small_csv, *args, "--resume", "auto"))
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "cut")
-    assert all(np.array_equal(a[k], b[k]) for k in a), "the resumed run must end bitwise where the straight one did"
+    assert all(np.array_equal(a[k], b[k]) for k in a), "the resumed run must end bitwise as the straight one"
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path, small_csv):
@@ -173,7 +188,8 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, small_csv):
 
 
 def test_bf16_autocast_trains_and_evaluates_in_several_batches(tmp_path, small_csv):
-    _ok(_train(tmp_path / "bf16", small_csv, "--precision", "bf16", "--epochs", "1", "--set", "eval_batch_size=16", "--tta", "flip"))
+    flags = ["--precision", "bf16", "--epochs", "1", "--set", "eval_batch_size=16", "--tta", "flip"]
+    _ok(_train(tmp_path / "bf16", small_csv, *flags))
     (record,) = _metrics(tmp_path / "bf16")
     assert np.isfinite(record["train_loss"]) and record["val_acc"] > 0.3
     assert json.loads((tmp_path / "bf16" / "summary.json").read_text())["precision"] == "bf16"
@@ -183,8 +199,10 @@ def test_bf16_autocast_trains_and_evaluates_in_several_batches(tmp_path, small_c
 def test_torchrun_forms_one_gloo_group(tmp_path, small_csv):
     """Under torchrun (no accelerate launcher, no ACCELERATE_USE_CPU) a CPU machine still trains as one group."""
     env = {k: v for k, v in ENV.items() if k != "ACCELERATE_USE_CPU"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m"]
-    cmd = [*launcher, "fashiondist", "train", *TINY, "--epochs", "1", "--data", str(small_csv), "--out", str(tmp_path / "tr")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher = [*torchrun, "--master_port", str(_free_port()), "-m"]
+    cmd = [*launcher, "fashiondist", "train", *TINY, "--epochs", "1", "--data", str(small_csv)]
+    cmd += ["--out", str(tmp_path / "tr")]
     proc = _ok(subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO))
     assert "64 = 32 per device x 1 accumulation x 2 process(es)" in proc.stderr
     assert json.loads((tmp_path / "tr" / "summary.json").read_text())["ranks_in_sync"] is True

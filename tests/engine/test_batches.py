@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from fashiondist.data.device import (
+from fashiondist.engine.batches import (
     AugmentPlan,
-    Layout,
+    BatchLayout,
     TrainBatches,
     apply_augment,
     draw_augment_plan,
@@ -43,7 +43,9 @@ def test_augment_matches_per_image_reference(sample_images):
     out = apply_augment(images, plan)
     assert out.shape == images.shape and out.dtype == torch.uint8
     for i in range(16):
-        expected = _reference_augment(images[i, 0], bool(plan.flip[i]), int(plan.dy[i]), int(plan.dx[i]), plan.erase_box[i])
+        expected = _reference_augment(
+            images[i, 0], bool(plan.flip[i]), int(plan.dy[i]), int(plan.dx[i]), plan.erase_box[i]
+        )
         assert torch.equal(out[i, 0], expected), f"image {i}"
 
 
@@ -55,8 +57,10 @@ def test_identity_plan_leaves_images_alone(sample_images):
 
 
 def _epoch_batches(images, labels, global_batch, accum, world, rank, epoch=0):
-    layout = Layout.of(global_batch, accum, world)
-    batches = TrainBatches(images, labels, layout, rank, torch.device("cpu"), seed=7, augment=True, shift=2, erase=0.1)
+    layout = BatchLayout.of(global_batch, accum, world)
+    batches = TrainBatches(
+        images, labels, layout, rank, torch.device("cpu"), seed=7, augment=True, shift=2, erase=0.1
+    )
     return list(batches.epoch(epoch)), batches.steps_per_epoch
 
 
@@ -85,17 +89,19 @@ def test_epochs_differ_and_repeat_for_the_same_seed(sample_images, sample_labels
 
 
 def test_start_step_skips_exactly(sample_images, sample_labels):
-    layout = Layout.of(100, 1, 1)
-    batches = TrainBatches(sample_images[:600], sample_labels[:600], layout, 0, torch.device("cpu"), 1, True, 2, 0.0)
+    layout = BatchLayout.of(100, 1, 1)
+    batches = TrainBatches(
+        sample_images[:600], sample_labels[:600], layout, 0, torch.device("cpu"), 1, True, 2, 0.0
+    )
     full = list(batches.epoch(2))
     tail = list(batches.epoch(2, start_step=4))
     assert len(tail) == 2 and all(torch.equal(x[0], y[0]) for x, y in zip(full[4:], tail, strict=True))
 
 
 def test_layout_rejects_a_batch_that_does_not_divide():
-    assert Layout.of(256, 2, 4).per_device == 32
+    assert BatchLayout.of(256, 2, 4).per_device == 32
     with pytest.raises(InputError, match=r"--batch-size 100 does not divide into --grad-accum 3 x 2 process"):
-        Layout.of(100, 3, 2)
+        BatchLayout.of(100, 3, 2)
 
 
 @pytest.mark.parametrize("n,world", [(1, 2), (7, 2), (999, 2), (1000, 3), (5, 8)])
@@ -113,4 +119,6 @@ def test_eval_shards_cover_every_sample_once(n, world):
 
 
 def test_sample_fixture_is_real(sample_images):
-    assert sample_images.dtype == np.uint8 and sample_images.shape[1:] == (28, 28) and sample_images.std() > 50
+    assert (
+        sample_images.dtype == np.uint8 and sample_images.shape[1:] == (28, 28) and sample_images.std() > 50
+    )

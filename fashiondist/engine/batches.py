@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
+from fashiondist.errors import InputError
 
 # A run's seed and an epoch index mix into one generator seed; the multiplier keeps (seed, epoch) pairs apart.
 _EPOCH_STRIDE = 1_000_003
@@ -94,7 +95,7 @@ def apply_augment(images: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Layout:
+class BatchLayout:
     """How a global batch splits: global = per_device x grad_accum x world_size."""
 
     global_batch: int
@@ -103,9 +104,7 @@ class Layout:
     world_size: int
 
     @classmethod
-    def of(cls, global_batch: int, grad_accum: int, world_size: int) -> Layout:
-        from fashiondist.errors import InputError
-
+    def of(cls, global_batch: int, grad_accum: int, world_size: int) -> BatchLayout:
         per_step = grad_accum * world_size
         if global_batch % per_step:
             raise InputError(
@@ -128,7 +127,7 @@ class TrainBatches:
         self,
         images: np.ndarray,
         labels: np.ndarray,
-        layout: Layout,
+        layout: BatchLayout,
         rank: int,
         device: torch.device,
         seed: int,
@@ -137,8 +136,6 @@ class TrainBatches:
         erase: float,
     ):
         if len(images) < layout.global_batch:
-            from fashiondist.errors import InputError
-
             raise InputError(
                 f"--batch-size {layout.global_batch} is larger than the {len(images)} training images",
                 hint="use a smaller --batch-size or more data",

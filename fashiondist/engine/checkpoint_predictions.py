@@ -13,7 +13,7 @@ from fashiondist import __version__
 from fashiondist.atomic_io import write_json
 from fashiondist.config import Tta
 from fashiondist.data.sources import load_data
-from fashiondist.engine.evaluate import predict_probs, save_predictions
+from fashiondist.engine.evaluate import model_probs, save_predictions
 from fashiondist.errors import InputError
 from fashiondist.models.checkpoint import load_model, resolve_model_dir
 from fashiondist.models.complexity import count_parameters, macs_per_image
@@ -32,7 +32,7 @@ def predict_checkpoint(checkpoint: str | Path, data_spec: str, out: Path, batch_
         )
     tta = Tta(meta.get("tta", Tta.NONE.value))
     images = torch.as_tensor(np.ascontiguousarray(data.images)).unsqueeze(1)  # [N, 1, H, W] uint8
-    probs = predict_probs(model, images, batch_size, tta)
+    probs = model_probs(model, images, batch_size, tta)
     out.mkdir(parents=True, exist_ok=True)
     save_predictions(out, data.labels, probs.numpy())
     run_dir = resolve_model_dir(checkpoint).parent

@@ -1,0 +1,155 @@
+"""The engine's set-up and its optimizer step, the one copy that `Trainer` and `fashiondist bench train` run.
+
+`prepare_training` builds what one process trains with: device-resident batches, the registry's model (in
+channels_last when the config asks), the optimizer, all passed through `accelerator.prepare`.
+`PreparedTraining.step` is one optimizer step: seed dropout, run the accumulation window's micro-batches
+under `accelerator.accumulate`, set the learning rate, clip, step, add to the running tally, update the EMA.
+The trainer wraps it with what a run needs around it (progress bar, preemption, non-finite check,
+evaluation, checkpoints); the benchmark times it as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from fashiondist.config import Optimizer, TrainConfig
+from fashiondist.engine.batches import BatchLayout, TrainBatches
+from fashiondist.engine.ema import Ema
+from fashiondist.engine.schedule import lr_at
+from fashiondist.models.registry import create_model
+
+# Dropout seeds mix (run seed, optimizer step) into one integer; the stride keeps the pairs apart.
+_STEP_SEED_STRIDE = 1_000_003
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed dropout for optimizer step `step` from (seed, rank, step): a resumed run draws the same masks."""
+    torch.manual_seed((seed * _STEP_SEED_STRIDE + step) * 64 + rank)
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Weight decay on weight matrices and kernels only; biases and normalisation scales are left alone."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer is Optimizer.SGD:
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.optimizer is Optimizer.ADAM:
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+class TrainTally:
+    """What the steps add up on the device, read only when someone asks (no host sync per step).
+
+    `sums`: this rank's loss x images, correct predictions and images (float64 [3]); `first_bad`: the first
+    optimizer step (0-based) whose loss was not finite, -1 while there is none.
+    """
+
+    def __init__(self, device: torch.device, step: int, sums: Sequence[float] = (0.0, 0.0, 0.0)):
+        self.sums = torch.tensor(sums, dtype=torch.float64, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self._step = torch.tensor(step, device=device)  # the optimizer step in progress, kept on the device
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one micro-batch: its mean loss, its logits [b, K] and labels [b]."""
+        images = torch.tensor(len(labels), dtype=torch.float64, device=self.sums.device)
+        correct = (logits.argmax(1) == labels).sum().double()
+        self.sums += torch.stack([loss.double() * len(labels), correct, images])
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), self._step, self.first_bad)
+
+    def next_step(self) -> None:
+        self._step += 1
+
+
+@dataclass
+class PreparedTraining:
+    """One process's model, optimizer (both prepared by accelerate), batches and EMA, ready to step."""
+
+    cfg: TrainConfig
+    acc: Accelerator
+    model: torch.nn.Module  # as prepared: DDP-wrapped under several processes
+    optimizer: torch.optim.Optimizer
+    batches: TrainBatches
+    ema: Ema | None
+
+    @property
+    def raw_model(self) -> torch.nn.Module:
+        return self.acc.unwrap_model(self.model)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps in the whole run: the learning-rate schedule's length."""
+        return self.batches.steps_per_epoch * self.cfg.epochs
+
+    def step(
+        self, micro_batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int, tally: TrainTally
+    ) -> None:
+        """Optimizer step `step` (0-based, counted over the run) on the next `grad_accum` micro-batches.
+
+        Every window starts on an accumulation boundary (the set-up zeroes accelerate's micro-step counter and
+        `TrainBatches` never yields a partial window), so the last micro-batch is the one that steps.
+        """
+        cfg = self.cfg
+        seed_step(cfg.seed, step, self.acc.process_index)
+        for _ in range(cfg.grad_accum):
+            x, y = next(micro_batches)
+            loss, logits = self._micro_step(x, y, step)
+            tally.add(loss, logits, y)
+        tally.next_step()
+        if self.ema is not None:
+            self.ema.update(self.raw_model, step + 1)
+
+    def _micro_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One micro-batch under `accumulate`: forward, backward; on the window's last micro-batch set the lr of
+        optimizer step `step`, clip and step (accelerate's optimizer skips the others). Returns (loss, logits)."""
+        cfg, acc, optimizer = self.cfg, self.acc, self.optimizer
+        with acc.accumulate(self.model):
+            loss, logits = self.model(x, targets=y, label_smoothing=cfg.label_smoothing)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                lr = lr_at(step, self.total_steps, cfg.lr, cfg.warmup_fraction, cfg.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if cfg.grad_clip > 0:
+                    acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), logits
+
+
+def prepare_training(
+    cfg: TrainConfig,
+    acc: Accelerator,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> PreparedTraining:
+    """Set up one process to train `cfg.model` on uint8 `images` [N, H, W] with int64 `labels` [N].
+
+    `weights` (a state dict, e.g. a resumed `last/`) replace the seeded initial ones before the model moves to
+    the device, so DDP's start-up broadcast and the EMA's first copy both see them.
+    """
+    layout = BatchLayout.of(cfg.batch_size, cfg.grad_accum, acc.num_processes)
+    batches = TrainBatches(
+        images, labels, layout, acc.process_index, acc.device, cfg.seed, cfg.augment, cfg.shift, cfg.erase
+    )
+    set_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = create_model(cfg.model, num_classes, **cfg.model_kwargs)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if weights is not None:
+        model.load_state_dict(weights)
+    model = model.to(acc.device)
+    model, optimizer = acc.prepare(model, build_optimizer(cfg, model))
+    acc.gradient_accumulation_steps = cfg.grad_accum
+    acc.step = 0  # accelerate's micro-step counter: the first window starts on a boundary
+    ema = Ema(acc.unwrap_model(model), cfg.ema) if cfg.ema > 0 else None
+    return PreparedTraining(cfg, acc, model, optimizer, batches, ema)

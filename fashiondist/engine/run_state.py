@@ -1,0 +1,53 @@
+"""Where a training run stands: what `last/trainer_state.json` holds and a resumed run starts from."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fashiondist import __version__
+from fashiondist.errors import InputError
+
+
+@dataclass
+class RunState:
+    """The trainer's counters and best-so-far. The field names, in this order, are trainer_state.json's keys.
+
+    `model`, `model_kwargs` and `global_batch` say which run this is (a resume must match them); `version` is
+    the fashiondist that started the run.
+    """
+
+    model: str
+    model_kwargs: dict[str, Any]
+    global_batch: int
+    epoch: int = 0  # the epoch in progress (0-based)
+    epoch_step: int = 0  # optimizer steps already done in that epoch
+    step: int = 0  # optimizer steps done in the whole run
+    # loss x images, correct, images of the epoch so far, summed over all ranks
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    epoch_seconds: float = 0.0  # training seconds of the epoch so far
+    train_seconds: float = 0.0  # training seconds of the finished epochs
+    best_val_acc: float = -1.0
+    best_epoch: int = 0  # 1-based; 0: none yet
+    stale_epochs: int = 0  # epochs since the best one, for early stopping
+    scaler: dict[str, Any] | None = None  # the fp16 loss scaler's state
+    version: str = __version__
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, source: Path) -> RunState:
+        """The state read from `source`; a file without the run's identity is one InputError naming it."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [key for key in required if key not in data] if isinstance(data, dict) else required
+        if missing:
+            raise InputError(f"--resume {source}: not a fashiondist trainer state (no {', '.join(missing)})")
+        return cls(**{key: data[key] for key in names if key in data})
