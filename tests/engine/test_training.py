@@ -197,6 +197,6 @@ def test_fp16_without_a_gpu_is_one_clear_error(tmp_path, capsys):
     assert main(["train", "--model", "cnn", "--precision", "fp16", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip() == (
         "fashiondist: error: --precision fp16 needs a CUDA GPU; this machine has none "
-        "(hint: use --precision bf16 on the CPU)"
+        "(hint: use --precision auto on the CPU: bf16 where the CPU has it natively, else fp32)"
     )
     assert not (tmp_path / "run").exists()
