@@ -194,7 +194,7 @@ def _auto(cpu: Cpu, gpus: list[Gpu], env: Mapping[str, str]) -> tuple[str, str]:
             f"auto: the accelerate config says mixed_precision={launched} ({ACCELERATE_PRECISION_ENV})",
         )
     if gpus:
-        old = [g for g in gpus if not g.bf16]
+        old = _without_bf16(gpus)
         if not old:
             return BF16, f"auto: {_gpu_names(gpus)} has native bf16 (compute capability >= 8.0)"
         return (
@@ -218,7 +218,7 @@ def _slow_warning(precision: str, cpu: Cpu, gpus: list[Gpu]) -> str | None:
     if precision != BF16:
         return None
     if gpus:
-        old = [g for g in gpus if not g.bf16]
+        old = _without_bf16(gpus)
         if old:
             return f"bf16 on {_gpu_names(old)} (compute capability < 8.0) is emulated and slow; fp16 is its fast mixed precision"
         return None
@@ -230,6 +230,10 @@ def _slow_warning(precision: str, cpu: Cpu, gpus: list[Gpu]) -> str | None:
         else "this CPU has no avx512_bf16 or amx_bf16"
     )
     return f"bf16 will be slow: {why}, so PyTorch emulates bf16 (measured 6-9x slower than fp32 on an AVX2 CPU); --precision auto picks fp32 here"
+
+
+def _without_bf16(gpus: list[Gpu]) -> list[Gpu]:
+    return [g for g in gpus if not g.bf16]
 
 
 def _gpu_names(gpus: list[Gpu]) -> str:
