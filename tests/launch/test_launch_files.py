@@ -432,4 +432,6 @@ def test_gpu_check_smoke_mode_runs_end_to_end_on_the_cpu(tmp_path):
     assert "PASSED" in proc.stdout
     assert proc.stdout.index("fashiondist doctor") < proc.stdout.index("PASSED")  # the machine, first
     doctor = json.loads((tmp_path / "out" / "doctor.json").read_text())
-    assert doctor["precision_auto"]["precision"] in ("no", "bf16", "fp16") and doctor["precision_auto"]["reason"]
+    assert (
+        doctor["precision_auto"]["precision"] in ("no", "bf16", "fp16") and doctor["precision_auto"]["reason"]
+    )
