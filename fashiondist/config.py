@@ -24,6 +24,7 @@ from fashiondist.errors import InputError
 
 
 class Precision(str, enum.Enum):
+    AUTO = "auto"  # from the hardware and the launcher: fashiondist.hardware.resolve_precision
     NO = "no"
     FP16 = "fp16"
     BF16 = "bf16"
@@ -56,7 +57,7 @@ class TrainConfig:
     batch_size: int = 256  # global: per-device batch x grad_accum x world size
     grad_accum: int = 1
     eval_batch_size: int = 1024  # per device
-    precision: Precision | None = None  # None: the launcher's setting (accelerate config), else "no"
+    precision: Precision = Precision.AUTO
     channels_last: bool = True
     optimizer: Optimizer = Optimizer.SGD
     lr: float = 0.1  # peak learning rate at the global batch size above

@@ -91,6 +91,8 @@ class OnnxRow:
     provider: str = ""
     max_abs_diff: float | None = None
     argmax_agreement: float | None = None
+    # worst implied logit error / allowed (fashiondist.export.parity.parity_verdict); <= 1 passes
+    parity_ratio: float | None = None
     ort_images_per_s: float | None = None
     torch_images_per_s: float | None = None
     ok: bool = False
@@ -388,8 +390,12 @@ def check_onnxruntime(cfg: CheckConfig, row: OnnxRow, run_dir: Path, onnx_path: 
     import numpy as np
     import torch
 
+    from fashiondist.export.parity import PARITY_TOLERANCE, ParityTolerance, parity_verdict
     from fashiondist.models.checkpoint import load_model
 
+    # cuDNN and cuBLAS pick other float32 algorithms (Winograd, split-K) than CPU kernels: 10x the CPU bound,
+    # as the old probability bound was (1e-4 on a GPU, 1e-5 on the CPU); not yet measured on a GPU.
+    GPU_PARITY_TOLERANCE = ParityTolerance(logit_rtol=1e-4, logit_atol=1e-4)
     pixels = check_pixels(cfg)
     cuda = "CUDAExecutionProvider" in cfg.ort_providers and cfg.device == "cuda"
     row.provider = "cuda" if cuda else "cpu"
@@ -403,12 +409,16 @@ def check_onnxruntime(cfg: CheckConfig, row: OnnxRow, run_dir: Path, onnx_path: 
         got = ort_probs(strict, pixels)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-    row.max_abs_diff = float(np.abs(got - ref).max())
-    row.argmax_agreement = float((got.argmax(1) == ref.argmax(1)).mean())
-    tolerance = 1e-5 if cfg.device == "cpu" else 1e-4  # a GPU on either side: other kernels, other roundings
-    row.ok = row.max_abs_diff <= tolerance and row.argmax_agreement >= 0.999
+    tolerance = PARITY_TOLERANCE if cfg.device == "cpu" else GPU_PARITY_TOLERANCE
+    verdict = parity_verdict(ref, got, len(pixels), tolerance)
+    row.max_abs_diff, row.argmax_agreement, row.parity_ratio = (
+        verdict.max_abs_diff,
+        verdict.argmax_agreement,
+        verdict.worst_ratio,
+    )
+    row.ok = verdict.worst_ratio <= 1.0 and row.argmax_agreement >= 0.999
     if not row.ok:
-        row.problem = f"onnxruntime vs PyTorch: max |dp| {row.max_abs_diff:.2e} (tolerance {tolerance:g}), argmax agreement {row.argmax_agreement:.4f}"
+        row.problem = f"onnxruntime vs PyTorch: {verdict.describe()} (tolerance: {tolerance})"
     batch = np.concatenate([pixels] * max(1, 8192 // len(pixels)))[:8192]  # [8192, 1, 28, 28] or fewer
     row.ort_images_per_s = throughput(lambda x: ort_probs(ort_session(onnx_path, cuda), x), batch, cfg.smoke)
     row.torch_images_per_s = throughput(lambda x: torch_probs(model, x, cfg.device), batch, cfg.smoke)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One prepared command for a GPU machine: train every variant in fp32/fp16/bf16 for a few hundred steps,
-# export to ONNX, check onnxruntime (CUDA provider when present) against PyTorch, print a table, and write
-# gpu_check.json / gpu_check.md / gpu_check.log under $OUT when it is set. Under 8 minutes on one H100.
+# One prepared command for a GPU machine: print `fashiondist doctor` (doctor.json under $OUT), then train
+# every variant in fp32/fp16/bf16 for a few hundred steps, export to ONNX, check onnxruntime (CUDA provider
+# when present) against PyTorch, print a table, and write gpu_check.json / gpu_check.md / gpu_check.log
+# under $OUT when it is set. Under 8 minutes on one H100.
 #
 #   bash launch/gpu_check.sh                      # the full check (exit 0: every check passed)
 #   GPU_CHECK_SMOKE=1 bash launch/gpu_check.sh    # a CPU-sized smoke run (one variant, a few steps)
@@ -28,4 +29,10 @@ if [[ -n "$missing" ]]; then
 fi
 
 cd "$repo"
+# What this machine is and what fashiondist will do on it (precision auto, onnxruntime providers), first.
+"$PYTHON" -m fashiondist doctor || echo "gpu_check: fashiondist doctor failed (see above)" >&2
+if [[ -n "${OUT:-}" ]]; then
+    mkdir -p "$OUT"
+    "$PYTHON" -m fashiondist doctor --json >"$OUT/doctor.json" || true
+fi
 exec "$PYTHON" launch/gpu_check.py "$@"

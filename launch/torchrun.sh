@@ -3,12 +3,12 @@
 # own NODE_RANK; every argument is passed on to `fashiondist train`.
 #
 #   # machine 0 (its address is MASTER_ADDR for everyone):
-#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash launch/torchrun.sh --models all --data fashion-mnist --precision bf16
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash launch/torchrun.sh --models all --data fashion-mnist
 #   # machine 1:
-#   NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 bash launch/torchrun.sh --models all --data fashion-mnist --precision bf16
+#   NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 bash launch/torchrun.sh --models all --data fashion-mnist
 #
 #   # one machine, all its GPUs (the defaults):
-#   bash launch/torchrun.sh --model resnet9 --precision bf16
+#   bash launch/torchrun.sh --model resnet9
 #
 # Environment (default): NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500),
 # NPROC_PER_NODE (gpu: one process per visible GPU; a number, e.g. 2, on a CPU-only machine, together with

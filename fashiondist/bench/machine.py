@@ -16,6 +16,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from fashiondist.hardware import read_cpu
+
 _PACKAGES = (
     "fashiondist",
     "torch",
@@ -30,19 +32,8 @@ _PACKAGES = (
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of `package`, or None."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -51,11 +42,6 @@ def _version(package: str) -> str | None:
 
             return __version__
         return None
-
-
-def _usable_cores() -> int | None:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count()
 
 
 def load_average() -> list[float] | None:
@@ -68,16 +54,18 @@ def load_average() -> list[float] | None:
 
 def describe_machine(torch_threads: bool = True) -> dict[str, Any]:
     """The record saved with every benchmark. `torch_threads=False` leaves torch unimported (for torch-free runs)."""
+    cpu = read_cpu()
     record: dict[str, Any] = {
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": _usable_cores(),
+        "cpu_model": cpu.model,
+        "cpu_count": cpu.logical_cores,
+        "usable_cores": cpu.usable_cores,
+        "cpu": cpu.to_dict(),  # ISA flags and native bf16: bf16 numbers mean nothing without them
         "load_average": load_average(),
         "gpu": None,
-        "versions": {name: _version(name) for name in _PACKAGES},
+        "versions": {name: package_version(name) for name in _PACKAGES},
         "threads": {name.lower(): os.environ.get(name) for name in _THREAD_VARIABLES},
     }
     if torch_threads:
@@ -100,7 +88,9 @@ def machine_line(record: dict[str, Any], torch_threads: int | None = None) -> st
     gpu = record.get("gpu")
     load = record.get("load_average")
     threads = record["threads"]
-    parts = [f"{record['cpu_model']} x {record['usable_cores']} cores"]
+    cpu = record.get("cpu") or {}
+    bf16 = " (native bf16)" if cpu.get("native_bf16") else " (no native bf16)" if cpu else ""
+    parts = [f"{record['cpu_model']}{bf16} x {record['usable_cores']} cores"]
     parts.append(f"GPU {gpu['name']}" if gpu else "no GPU")
     if load is not None:
         parts.append(f"load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at the start")

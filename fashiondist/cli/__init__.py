@@ -3,6 +3,7 @@
     fashiondist data info --data sample                     # what a data source holds
     fashiondist train --models all                          # train, select, export, report
     fashiondist infer testX.csv --model model.onnx --out submission.csv
+    fashiondist doctor                                      # this machine, and what fashiondist does on it
 
 Each command group lives in its own module with a `register(subparsers)` function; heavy imports (torch,
 onnxruntime) happen inside the command, so `fashiondist --help` and `fashiondist infer` start fast.
@@ -28,6 +29,7 @@ COMMAND_MODULES = (
     "fashiondist.cli.export",
     "fashiondist.cli.infer",
     "fashiondist.cli.bench",
+    "fashiondist.cli.doctor",
 )
 
 

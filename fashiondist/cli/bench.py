@@ -158,7 +158,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_precision_list,
         default=None,
         metavar="P,Q",
-        help=f"precisions to compare, from {', '.join(_PRECISIONS)} (default: no,bf16, plus fp16 on a GPU)",
+        help=f"precisions to compare, from {', '.join(_PRECISIONS)} (default: no,auto: fp32 and what auto picks on "
+        "this machine, when that differs; bf16 on a CPU without native bf16 is emulated and several times slower)",
     )
     train.add_argument(
         "--loader-workers",
@@ -296,15 +297,26 @@ def _log():
     return lambda message: console.print(message, highlight=False, markup=False)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    import torch
+def _resolve_precisions(requested: tuple[str, ...]) -> tuple[str, ...]:
+    """`auto` -> what it picks on this machine (said on stderr, with the reason); duplicates dropped."""
+    from fashiondist.hardware import this_machine_precision
 
+    resolved = []
+    for name in requested:
+        choice = this_machine_precision(name)
+        if name == "auto":
+            _log()(f"precision auto: {choice.precision} ({choice.reason})")
+        resolved.append(choice.precision)
+    return tuple(dict.fromkeys(resolved))
+
+
+def run_train(args: argparse.Namespace) -> int:
     from fashiondist.bench.machine import CpuShare, describe_machine
     from fashiondist.bench.report import check_json_target
     from fashiondist.bench.train import TrainBench, run_train_bench, train_tables
 
     json_path = check_json_target(args.json)
-    precisions = args.precision or (("no", "bf16", "fp16") if torch.cuda.is_available() else ("no", "bf16"))
+    precisions = _resolve_precisions(args.precision or ("no", "auto"))
     bench = TrainBench(
         models=tuple(args.models), data=args.data, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
         precisions=tuple(precisions), repeats=args.repeats, loader_workers=tuple(args.loader_workers), seed=args.seed, threads=args.threads, keras=args.keras,

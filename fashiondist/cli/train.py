@@ -12,13 +12,13 @@ from fashiondist.models.registry import list_models
 EXAMPLES = """\
 examples:
   fashiondist train                                  # the default model (convnet) on the bundled sample
-  fashiondist train --model cnn-dropout --epochs 5 --precision bf16
+  fashiondist train --model cnn-dropout --epochs 5   # precision auto: bf16 where the hardware has it
   fashiondist train --models all --config launch/experiments/demo.yaml --test testX.csv
   fashiondist train --models convnet,cnn-dropout --test testX.csv --quantize int8   # submit with the int8 model
   fashiondist train --model convnet --data ../data/fashion-mnist --set model_kwargs.width=1.5
   fashiondist train --model convnet --resume auto    # continue runs/convnet/last if it is there
 
-  accelerate launch --multi_gpu --num_processes 4 -m fashiondist train --model resnet9 --precision bf16
+  accelerate launch --multi_gpu --num_processes 4 -m fashiondist train --model resnet9
   ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m fashiondist train --model cnn
   torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
       -m fashiondist train --config launch/experiments/fashion-mnist-best.yaml
@@ -56,7 +56,13 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, help="passes over the training split")
     p.add_argument("--batch-size", type=int, help="GLOBAL batch size (all processes and accumulation steps)")
     p.add_argument("--grad-accum", type=int, help="micro-batches accumulated per optimizer step")
-    p.add_argument("--precision", choices=[m.value for m in Precision], help="mixed precision (bf16 works on the CPU too); default: the accelerate launch setting, else no")
+    p.add_argument(
+        "--precision",
+        choices=[m.value for m in Precision],
+        help="mixed precision; auto (default): a mixed precision the accelerate config sets, else bf16 on GPUs that "
+        "have it (fp16 on older ones), bf16 on CPUs with native bf16 (avx512_bf16, amx_bf16), else no (fp32); "
+        "`fashiondist doctor` says what auto picks here and why",
+    )
     p.add_argument("--lr", type=float, help="peak learning rate at the given global batch size")
     p.add_argument("--optimizer", choices=[m.value for m in Optimizer])
     p.add_argument("--schedule", choices=[m.value for m in Schedule], help="learning-rate shape after warmup")

@@ -1,6 +1,6 @@
 """The accelerate training loop: DDP, mixed precision, gradient accumulation, exact evaluation, resume.
 
-    fashiondist train --model convnet --data fashion-mnist --precision bf16            # one process
+    fashiondist train --model convnet --data fashion-mnist                             # one process
     accelerate launch --multi_gpu --num_processes 8 -m fashiondist train --model convnet ...   # 8 GPUs
     accelerate launch --config_file launch/accelerate/multi_node.yaml --machine_rank 0 \\
         -m fashiondist train --model convnet ...                                         # node 0 of 2
@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from fashiondist import __version__
 from fashiondist.atomic_io import atomic_write, write_json
-from fashiondist.config import Precision, TrainConfig, save_yaml
+from fashiondist.config import TrainConfig, save_yaml
 from fashiondist.data.sources import Dataset
 from fashiondist.data.split import stratified_split
 from fashiondist.engine import run_checkpoint
@@ -40,6 +40,7 @@ from fashiondist.engine.progress import TrainProgress
 from fashiondist.engine.run_state import RunState
 from fashiondist.engine.schedule import lr_at
 from fashiondist.errors import FashiondistError, InputError
+from fashiondist.hardware import this_machine_precision, warn_once
 from fashiondist.models.checkpoint import save_model
 from fashiondist.models.complexity import count_parameters, macs_per_image
 
@@ -62,23 +63,21 @@ class RunResult:
 def make_accelerator(cfg: TrainConfig, project_dir: str | Path | None = None) -> Accelerator:
     """One Accelerator per process. Precision is fixed for its life; accumulation is set per run.
 
-    `precision` unset leaves it to the launcher (`accelerate launch` config or flags), else "no". Without a GPU
-    the Accelerator is told so: under torchrun (or a launcher without ACCELERATE_USE_CPU) it would otherwise
-    start N world-size-1 copies instead of one gloo group.
+    `precision` auto comes from the hardware and the launcher's config (`fashiondist.hardware`). Without a
+    GPU the Accelerator is told so: under torchrun (or a launcher without ACCELERATE_USE_CPU) it would
+    otherwise start N world-size-1 copies instead of one gloo group.
     """
-    on_cpu = not torch.cuda.is_available()
-    if on_cpu and cfg.precision is Precision.FP16:
-        # accelerate would accept it and quietly train in float32 (no fp16 autocast on the CPU)
-        raise InputError(
-            "--precision fp16 needs a CUDA GPU; this machine has none", hint="use --precision bf16 on the CPU"
-        )
-    return Accelerator(
-        cpu=on_cpu,
-        mixed_precision=cfg.precision.value if cfg.precision is not None else None,
+    choice = this_machine_precision(cfg.precision)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=choice.precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=cfg.log_with,
         project_dir=str(project_dir) if project_dir is not None else None,
     )
+    if choice.warning and accelerator.is_main_process:
+        warn_once(choice.warning)
+    return accelerator
 
 
 @dataclass(frozen=True)
@@ -235,7 +234,7 @@ class Trainer:
             f"[bold]{self.cfg.model}[/]: {where}{images}, "
             f"{self.num_classes} classes, {self.params:,} params; global batch {lay.global_batch} = "
             f"{lay.per_device} per device x {lay.grad_accum} accumulation x {lay.world_size} process(es); "
-            f"precision {self.acc.mixed_precision} on {self.acc.device}"
+            f"precision {self.acc.mixed_precision} on {self.acc.device} ({this_machine_precision(self.cfg.precision).reason})"
         )
 
     def _train_epoch(self, watch: PreemptionWatch) -> str | None:
@@ -418,6 +417,7 @@ class Trainer:
             "class_names": self.class_names,
             "world_size": self.acc.num_processes,
             "precision": self.acc.mixed_precision,
+            "precision_reason": this_machine_precision(cfg.precision).reason,
             "tta": cfg.tta.value,
             "global_batch": cfg.batch_size,
             "val_count": result.count,

@@ -5,7 +5,8 @@
 
 The graph and its checks live in `export/graph.py`. Nothing is written until every check has passed:
 `onnx.checker` (full check), then onnxruntime against PyTorch on real validation images at batch sizes 1, 7
-and 256 (max |prob difference| <= 1e-5 and every argmax equal). Then the file is written atomically, with
+and 256 (the probabilities within float32 rounding,
+judged on the logits they imply by `parity.parity_verdict`, and every argmax equal). Then the file is written atomically, with
 `export_report.json` beside it. A failed check raises FashiondistError and leaves no file.
 """
 
@@ -28,13 +29,12 @@ from fashiondist.config import Tta
 from fashiondist.errors import FashiondistError, InputError
 from fashiondist.export.graph import (
     MIN_IMAGES_PER_SIZE,
-    PARITY_ATOL,
     PARITY_BATCH_SIZES,
-    ParityRow,
     check_parity,
     model_metadata,
     to_onnx,
 )
+from fashiondist.export.parity import PARITY_TOLERANCE, ParityRow, ParityTolerance
 from fashiondist.export.quantize import QuantReport, quantize_int8
 from fashiondist.inference.session import open_model_bytes
 from fashiondist.models.checkpoint import load_model, unwrap
@@ -57,7 +57,7 @@ class ExportReport:
     tta: str
     file_bytes: int
     export_seconds: float
-    parity_atol: float
+    parity_tolerance: str
     parity: list[ParityRow]
     metadata: dict[str, str]
     int8: QuantReport | None = None
@@ -80,7 +80,7 @@ class ExportReport:
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("parity", "int8")}
         out["parity"] = [row.to_dict() for row in self.parity]
-        out["parity_passed"] = all(row.passed(self.parity_atol) for row in self.parity)
+        out["parity_passed"] = all(row.passed for row in self.parity)
         out["int8"] = None if self.int8 is None else self.int8.to_dict()
         return out
 
@@ -94,7 +94,7 @@ def export_model(
     opset: int | None = None,
     tta: Tta = Tta.NONE,
     batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
-    atol: float = PARITY_ATOL,
+    tolerance: ParityTolerance = PARITY_TOLERANCE,
     min_images: int = MIN_IMAGES_PER_SIZE,
     log: Log | None = None,
 ) -> ExportReport:
@@ -119,7 +119,9 @@ def export_model(
     blob = proto.SerializeToString()
 
     log(f"checking onnxruntime against PyTorch on {len(images)} real images, batch sizes {batch_sizes}")
-    rows = check_parity(model, open_model_bytes(blob, out_path), images, tta, batch_sizes, min_images)
+    rows = check_parity(
+        model, open_model_bytes(blob, out_path), images, tta, batch_sizes, min_images, tolerance
+    )
     props = {p.key: p.value for p in proto.metadata_props}
     report = ExportReport(
         onnx_path=str(out_path),
@@ -129,18 +131,15 @@ def export_model(
         tta=tta.value,
         file_bytes=len(blob),
         export_seconds=round(export_seconds, 2),
-        parity_atol=atol,
+        parity_tolerance=str(tolerance),
         parity=rows,
         metadata=props,
     )
-    failed = [row for row in rows if not row.passed(atol)]
+    failed = [row for row in rows if not row.passed]
     if failed:
-        worst = ", ".join(
-            f"batch {r.batch_size}: max |dp| {r.max_abs_diff:.2e}, argmax agreement {r.argmax_agreement:.2%}"
-            for r in failed
-        )
+        worst = "; ".join(r.describe() for r in failed)
         raise FashiondistError(
-            f"{out_path}: onnxruntime disagrees with PyTorch ({worst}; tolerance {atol:g}); nothing written"
+            f"{out_path}: onnxruntime disagrees with PyTorch ({worst}; tolerance: {tolerance}); nothing written"
         )
     write_bytes(out_path, blob)
     log(f"wrote {out_path} ({len(blob) / 1e6:.2f} MB)")

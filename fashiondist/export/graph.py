@@ -7,7 +7,8 @@ batch dimension (the example batch is 2: an example of 1 would specialise N to 1
 proto whose metadata_props say what the model is.
 
 Parity: for each batch size (1, an odd 7, and 256 by default) both runtimes predict the same real images in
-batches of that size; it passes when every probability agrees within `atol` and every argmax agrees. The
+batches of that size; `export.parity.parity_verdict` judges them (float32 tolerance on the implied logits,
+every argmax equal). The
 onnxruntime side is the inference stage's own session and batching (its contract check included); the
 PyTorch side is the engine's `model_probs`, so the file is held to exactly what validation measured.
 """
@@ -19,7 +20,6 @@ import datetime
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -32,28 +32,14 @@ from fashiondist.config import Tta
 from fashiondist.constants import IMAGE_SHAPE, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, PIXEL_MAX
 from fashiondist.engine.evaluate import model_probs
 from fashiondist.errors import FashiondistError
+from fashiondist.export.parity import PARITY_TOLERANCE, ParityRow, ParityTolerance, parity_verdict
 from fashiondist.inference.predict import predict_proba
 from fashiondist.inference.session import ModelSession
 from fashiondist.models.tta import ProbsHead
 
 EXAMPLE_BATCH = 2  # torch.export specialises a dimension whose example size is 0 or 1: keep N >= 2
 PARITY_BATCH_SIZES = (1, 7, 256)
-PARITY_ATOL = 1e-5  # max |probability difference|, float32 on both sides
 MIN_IMAGES_PER_SIZE = 64  # each size sees max(size, 64) images (batch 7: 9 full batches + one of 1)
-
-
-@dataclass(frozen=True)
-class ParityRow:
-    batch_size: int
-    images: int
-    max_abs_diff: float
-    argmax_agreement: float  # fraction of images whose argmax agrees
-
-    def passed(self, atol: float) -> bool:
-        return self.max_abs_diff <= atol and self.argmax_agreement == 1.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def model_metadata(meta: Mapping[str, Any], tta: Tta = Tta.NONE) -> dict[str, str]:
@@ -135,6 +121,7 @@ def check_parity(
     tta: Tta = Tta.NONE,
     batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
     min_images: int = MIN_IMAGES_PER_SIZE,
+    tolerance: ParityTolerance = PARITY_TOLERANCE,
 ) -> list[ParityRow]:
     """Compare `session` with eager `model` (float32, CPU, eval) on uint8 `images` [N, 28, 28].
 
@@ -147,12 +134,5 @@ def check_parity(
         pixels = np.array(chosen).reshape(-1, *IMAGE_SHAPE)  # a writable copy, [n, 28, 28] -> [n, 1, 28, 28]
         ort_probs = predict_proba(session, pixels, batch_size)
         torch_probs = model_probs(model, torch.from_numpy(pixels), batch_size, tta).numpy()
-        rows.append(
-            ParityRow(
-                batch_size=batch_size,
-                images=n,
-                max_abs_diff=float(np.abs(ort_probs - torch_probs).max()),
-                argmax_agreement=float(np.mean(ort_probs.argmax(1) == torch_probs.argmax(1))),
-            )
-        )
+        rows.append(parity_verdict(torch_probs, ort_probs, batch_size, tolerance))
     return rows

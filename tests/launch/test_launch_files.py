@@ -193,6 +193,12 @@ def test_experiment_configs_hold_hyperparameters_only(path):
     assert not set(yaml.safe_load(path.read_text())) & hardware, "hardware belongs in launch/accelerate/"
 
 
+@pytest.mark.parametrize("path", [*EXPERIMENT_FILES, *SCRIPTS], ids=lambda p: p.name)
+def test_recipes_leave_the_precision_to_auto(path):
+    # bf16 is 6-9x slower than fp32 on a CPU without native bf16: `--precision auto` decides per machine
+    assert "--precision bf16" not in path.read_text()
+
+
 def test_demo_trains_every_registered_variant_on_the_sample():
     demo = EXPERIMENTS / "demo.yaml"
     assert sweep_models(demo) == list_models()
@@ -420,7 +426,12 @@ def test_gpu_check_smoke_mode_runs_end_to_end_on_the_cpu(tmp_path):
     ]
     assert all(r["losses_finite"] and r["steps"] > 0 and r["images_per_s"] > 0 for r in result["train"])
     (onnx,) = result["onnx"]
-    assert onnx["exported"] and onnx["max_abs_diff"] <= 1e-5 and onnx["argmax_agreement"] == 1.0
+    assert onnx["exported"] and onnx["parity_ratio"] <= 1.0 and onnx["argmax_agreement"] == 1.0
     assert result["infer"]["ok"] and result["infer"]["rows"] == 1000
     assert "| convnet | fp32 |" in (tmp_path / "out" / "gpu_check.md").read_text()
     assert "PASSED" in proc.stdout
+    assert proc.stdout.index("fashiondist doctor") < proc.stdout.index("PASSED")  # the machine, first
+    doctor = json.loads((tmp_path / "out" / "doctor.json").read_text())
+    assert (
+        doctor["precision_auto"]["precision"] in ("no", "bf16", "fp16") and doctor["precision_auto"]["reason"]
+    )
