@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fashiondist.cli._common import add_data_option, formatter, positive_int
 from fashiondist.config import Precision
@@ -275,10 +276,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tta.set_defaults(func=run_time_to_accuracy)
 
 
-def _finish(result: dict, machine: dict, json_path: Path | None, tables: Callable[[dict, str], list]) -> int:
-    from fashiondist.bench.machine import machine_line
+def _measure(
+    run: Callable[..., dict],
+    bench: Any,
+    json_path: Path | None,
+    tables: Callable[[dict, str], list],
+    **machine_kw,
+) -> int:
+    """Describe the machine, run `bench` while watching the CPU's other users, print the tables, write --json."""
+    from fashiondist.bench.machine import CpuShare, describe_machine, machine_line
     from fashiondist.bench.report import results_console, write_bench_json
 
+    machine = describe_machine(**machine_kw)
+    with CpuShare() as share:
+        result = run(bench, _log())
+    machine["cpu_share"] = share.result()
     payload = {"machine": machine, **result}
     out = results_console()
     caption = machine_line(machine, result["settings"].get("torch_threads"))
@@ -311,7 +323,6 @@ def _resolve_precisions(requested: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from fashiondist.bench.machine import CpuShare, describe_machine
     from fashiondist.bench.report import check_json_target
     from fashiondist.bench.train import TrainBench, run_train_bench, train_tables
 
@@ -321,16 +332,11 @@ def run_train(args: argparse.Namespace) -> int:
         models=tuple(args.models), data=args.data, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
         precisions=tuple(precisions), repeats=args.repeats, loader_workers=tuple(args.loader_workers), seed=args.seed, threads=args.threads, keras=args.keras,
     )  # fmt: skip
-    machine = describe_machine()
-    with CpuShare() as share:
-        result = run_train_bench(bench, _log())
-    machine["cpu_share"] = share.result()
-    return _finish(result, machine, json_path, train_tables)
+    return _measure(run_train_bench, bench, json_path, train_tables)
 
 
 def run_infer(args: argparse.Namespace) -> int:
     from fashiondist.bench.infer import InferBench, infer_tables, run_infer_bench
-    from fashiondist.bench.machine import CpuShare, describe_machine
     from fashiondist.bench.report import check_json_target
 
     json_path = check_json_target(args.json)
@@ -340,16 +346,11 @@ def run_infer(args: argparse.Namespace) -> int:
         repeats=args.repeats, min_seconds=args.min_seconds, end_to_end=args.end_to_end, provider=args.provider,
         threads=args.threads,
     )  # fmt: skip
-    machine = describe_machine()
-    with CpuShare() as share:
-        result = run_infer_bench(bench, _log())
-    machine["cpu_share"] = share.result()
-    return _finish(result, machine, json_path, infer_tables)
+    return _measure(run_infer_bench, bench, json_path, infer_tables)
 
 
 def run_time_to_accuracy(args: argparse.Namespace) -> int:
     from fashiondist.bench.accuracy import AccuracyBench, accuracy_tables, run_accuracy_bench
-    from fashiondist.bench.machine import CpuShare, describe_machine
     from fashiondist.bench.report import check_json_target
 
     json_path = check_json_target(args.json)
@@ -358,8 +359,4 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, precision=args.precision, overrides=tuple(args.set), repeats=args.repeats,
         out=Path(args.out) if args.out else None,
     )  # fmt: skip
-    machine = describe_machine(torch_threads=False)
-    with CpuShare() as share:
-        result = run_accuracy_bench(bench, _log())
-    machine["cpu_share"] = share.result()
-    return _finish(result, machine, json_path, accuracy_tables)
+    return _measure(run_accuracy_bench, bench, json_path, accuracy_tables, torch_threads=False)
