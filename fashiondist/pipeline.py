@@ -1,7 +1,7 @@
 """The main job, stage after stage: train every variant -> evaluate and select -> export the best -> submit
 -> report.
 
-    job = run_main_job(configs, Path("runs/sweep"), test_csv="testX.csv", quantize="int8", results=Console())
+    job = run_main_job(configs, Path("runs/sweep"), test_csv="testX.csv", quantize="int8", results=results_console())
     fashiondist train --models all --test testX.csv                         # the same, from the command line
 
 Every process of a launched group trains (DDP); evaluation, export and submission run on the main process
@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from fashiondist.config import TrainConfig, Tta
+from fashiondist.consoles import log_console, results_console
 from fashiondist.evaluation.plots import COMPARISON_FILE
 
 SUBMISSION_FILE = "submission.csv"
@@ -50,12 +51,14 @@ def run_main_job(
     results: Console | None = None,
 ) -> MainJob:
     """Train `configs` one after the other; with a `parent` (a multi-model run) ship the best of them."""
-    log = Console(stderr=True)
+    log = log_console()
     runs, main_process = train_all(configs, parent, log)
     preempted = bool(runs and runs[-1].preempted_by)
     job = MainJob(runs, main_process, preempted)
     if parent is not None and main_process and not preempted:
-        job.shipment = ship(runs, parent, configs[0].data, test_csv, quantize, results or Console(), log)
+        job.shipment = ship(
+            runs, parent, configs[0].data, test_csv, quantize, results or results_console(), log
+        )
     return job
 
 

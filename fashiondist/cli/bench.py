@@ -277,7 +277,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _finish(result: dict, machine: dict, json_path: Path | None, tables: Callable[[dict, str], list]) -> int:
     from fashiondist.bench.machine import machine_line
-    from fashiondist.bench.report import results_console, write_bench_json
+    from fashiondist.bench.report import write_bench_json
+    from fashiondist.consoles import results_console
 
     payload = {"machine": machine, **result}
     out = results_console()
@@ -291,10 +292,10 @@ def _finish(result: dict, machine: dict, json_path: Path | None, tables: Callabl
 
 
 def _log():
-    from rich.console import Console
+    from fashiondist.consoles import log_console
 
-    console = Console(stderr=True, soft_wrap=True)
-    return lambda message: console.print(message, highlight=False, markup=False)
+    console = log_console()
+    return lambda message: console.print(message, highlight=False)
 
 
 def _resolve_precisions(requested: tuple[str, ...]) -> tuple[str, ...]:

@@ -231,7 +231,7 @@ class Trainer:
         )
         images = f"{len(self.engine.batches):,} train / {len(self.val_labels):,} val images"
         self.progress.log(
-            f"[bold]{self.cfg.model}[/]: {where}{images}, "
+            f"{self.cfg.model}: {where}{images}, "
             f"{self.num_classes} classes, {self.params:,} params; global batch {lay.global_batch} = "
             f"{lay.per_device} per device x {lay.grad_accum} accumulation x {lay.world_size} process(es); "
             f"precision {self.acc.mixed_precision} on {self.acc.device} ({this_machine_precision(self.cfg.precision).reason})"
@@ -393,7 +393,7 @@ class Trainer:
         result = evaluate(acc, best, self.val_images, self.val_labels, self.cfg.eval_batch_size, self.cfg.tta)
         if not in_sync:
             self.progress.log(
-                f"[red]{self.cfg.model}: the ranks' final weights differ; DDP did not keep them in sync"
+                f"warning: {self.cfg.model}: the ranks' final weights differ; DDP did not keep them in sync"
             )
         if acc.is_main_process:
             save_predictions(self.run_dir, result.labels, result.probs)
