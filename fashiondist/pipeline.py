@@ -66,11 +66,20 @@ def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> 
     """(one RunResult per variant, whether this is the main process); stops after a preempted variant."""
     from fashiondist.data.sources import load_data
     from fashiondist.engine.progress import TrainProgress
-    from fashiondist.engine.trainer import Trainer, make_accelerator
+    from fashiondist.engine.run_lock import main_process_lock
+    from fashiondist.engine.trainer import make_accelerator
 
     accelerator = make_accelerator(configs[0], project_dir=parent or configs[0].run_dir())
     progress = TrainProgress(enabled=accelerator.is_main_process, quiet=configs[0].quiet, console=log)
-    data = load_data(configs[0].data)
+    # one run at a time per directory: a multi-model run holds its parent, which holds every variant's
+    lock = main_process_lock(accelerator, parent or configs[0].run_dir(), progress.log)
+    with lock:
+        return _train_each(configs, accelerator, progress, load_data(configs[0].data))
+
+
+def _train_each(configs: list[TrainConfig], accelerator, progress, data) -> tuple[list, bool]:
+    from fashiondist.engine.trainer import Trainer
+
     runs = []
     with progress:
         for cfg in configs:
