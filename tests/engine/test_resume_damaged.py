@@ -16,20 +16,6 @@ import pytest
 import torch
 
 from fashiondist.cli import main
-from fashiondist.data.csvio import write_competition_csv
-from fashiondist.data.split import stratified_split
-
-TINY = [
-    "--model",
-    "cnn",
-    "--batch-size",
-    "64",
-    "--quiet",
-    "--precision",
-    "no",
-    "--set",
-    "eval_batch_size=256",
-]
 
 
 class _RunsCode:
@@ -40,17 +26,14 @@ class _RunsCode:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, sample) -> tuple[Path, Path]:
-    """(a 2-epoch run directory with last/, .last.prev/ and best/, its train.csv)."""
-    keep, _ = stratified_split(sample.labels, 1 - 400 / len(sample.labels), seed=1)
-    root = tmp_path_factory.mktemp("resume")
-    data = root / "train.csv"
-    write_competition_csv(data, sample.ids[keep], sample.images[keep], sample.labels[keep])
-    assert main(["train", *TINY, "--epochs", "2", "--data", str(data), "--out", str(root / "run")]) == 0
+def trained(tmp_path_factory, tiny_csv, tiny_train) -> tuple[Path, Path, list[str]]:
+    """(a 2-epoch run directory with last/, .last.prev/ and best/, its train.csv, the train options)."""
+    root, data = tmp_path_factory.mktemp("resume"), tiny_csv
+    assert main(["train", *tiny_train, "--epochs", "2", "--data", str(data), "--out", str(root / "run")]) == 0
     assert (
         (root / "run/last").is_dir() and (root / "run/.last.prev").is_dir() and (root / "run/best").is_dir()
     )
-    return root / "run", data
+    return root / "run", data, tiny_train
 
 
 def _snapshot(run: Path) -> dict[str, bytes]:
@@ -65,8 +48,9 @@ def _copy(trained, tmp_path: Path, keep_previous: bool = False) -> Path:
     return run
 
 
-def _resume(run: Path, data: Path, capsys, *extra: str) -> tuple[int, str]:
-    code = main(["train", *TINY, "--epochs", "3", "--data", str(data), "--out", str(run), *extra])
+def _resume(run: Path, trained, capsys, *extra: str) -> tuple[int, str]:
+    _, data, tiny_train = trained
+    code = main(["train", *tiny_train, "--epochs", "3", "--data", str(data), "--out", str(run), *extra])
     return code, capsys.readouterr().err
 
 
@@ -138,9 +122,7 @@ def test_a_damaged_last_is_one_line_naming_the_file(trained, tmp_path, capsys, c
     name, damage, problem = CASES[case]
     damage(run / "last" / name)
     before = _snapshot(run)
-    code, err = _resume(
-        run, trained[1], capsys, "--resume", "auto" if resume == "auto" else str(run / "last")
-    )
+    code, err = _resume(run, trained, capsys, "--resume", "auto" if resume == "auto" else str(run / "last"))
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"fashiondist: error: {run / 'last' / name}: {problem}"), err
     assert "weights_only" not in err
@@ -155,7 +137,7 @@ def test_a_damaged_last_is_one_line_naming_the_file(trained, tmp_path, capsys, c
 def test_a_damaged_last_falls_back_to_the_previous_checkpoint(trained, tmp_path, capsys):
     run = _copy(trained, tmp_path, keep_previous=True)
     _truncate(run / "last/model.safetensors")
-    code, err = _resume(run, trained[1], capsys, "--resume", "auto")
+    code, err = _resume(run, trained, capsys, "--resume", "auto")
     assert code == 0, err
     assert f"warning: {run / 'last/model.safetensors'}: not a readable safetensors file" in err
     assert f"resuming from the previous complete checkpoint {run / '.last.prev'} (at epoch 2, step" in err
@@ -169,7 +151,7 @@ def test_a_torn_last_metrics_line_is_dropped_and_a_stray_temp_dir_removed(traine
         fh.write('{"epoch": 3, "step": 2')  # killed while writing the line
     (run / ".last.tmp-x1y2").mkdir()
     (run / ".last.tmp-x1y2/model.safetensors").write_bytes(b"half")
-    code, err = _resume(run, trained[1], capsys, "--resume", "auto")
+    code, err = _resume(run, trained, capsys, "--resume", "auto")
     assert code == 0, err
     assert f"warning: {run / 'metrics.jsonl'}: dropped the torn last line 3" in err
     assert f"removed {run / '.last.tmp-x1y2'}" in err and not (run / ".last.tmp-x1y2").exists()
@@ -181,6 +163,6 @@ def test_a_torn_metrics_line_before_the_last_is_one_error(trained, tmp_path, cap
     run = _copy(trained, tmp_path)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text(lines[0][:20] + "\n" + lines[1] + "\n")
-    code, err = _resume(run, trained[1], capsys, "--resume", "auto")
+    code, err = _resume(run, trained, capsys, "--resume", "auto")
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"fashiondist: error: {run / 'metrics.jsonl'}: line 1 is not a metrics record")

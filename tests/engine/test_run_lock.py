@@ -16,41 +16,22 @@ from pathlib import Path
 import pytest
 
 from fashiondist.cli import main
-from fashiondist.data.csvio import write_competition_csv
-from fashiondist.data.split import stratified_split
 from fashiondist.engine.run_lock import LOCK_FILE, RunInUse, run_lock
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
-TINY = [
-    "--model",
-    "cnn",
-    "--batch-size",
-    "64",
-    "--quiet",
-    "--precision",
-    "no",
-    "--set",
-    "eval_batch_size=256",
-]
 HOST = socket.gethostname()
 
 
-@pytest.fixture(scope="module")
-def small_csv(tmp_path_factory, sample) -> Path:
-    keep, _ = stratified_split(sample.labels, 1 - 400 / len(sample.labels), seed=1)
-    path = tmp_path_factory.mktemp("data") / "train.csv"
-    write_competition_csv(path, sample.ids[keep], sample.images[keep], sample.labels[keep])
-    return path
-
-
-def _command(out: Path, data: Path, epochs: int, launcher: list[str] | None = None) -> list[str]:
+def _command(
+    options: list[str], out: Path, data: Path, epochs: int, launcher: list[str] | None = None
+) -> list[str]:
     head = launcher or [sys.executable, "-m"]
     return [
         *head,
         "fashiondist",
         "train",
-        *TINY,
+        *options,
         "--epochs",
         str(epochs),
         "--data",
@@ -86,10 +67,10 @@ def _assert_refused(proc: subprocess.CompletedProcess, out: Path, holder_pid: in
     )
 
 
-def test_a_second_train_into_a_directory_in_use_refuses(tmp_path, small_csv):
+def test_a_second_train_into_a_directory_in_use_refuses(tmp_path, tiny_csv, tiny_train):
     out = tmp_path / "run"
     first = subprocess.Popen(
-        _command(out, small_csv, 500),
+        _command(tiny_train, out, tiny_csv, 500),
         env=ENV,
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -99,7 +80,7 @@ def test_a_second_train_into_a_directory_in_use_refuses(tmp_path, small_csv):
     holder = _wait_for_holder(out, first)
     assert (holder["pid"], holder["host"]) == (first.pid, HOST)
     second = subprocess.run(
-        _command(out, small_csv, 1), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=240
+        _command(tiny_train, out, tiny_csv, 1), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=240
     )
     assert first.poll() is None, "the first run was still training when the second started"
     _assert_refused(second, out, first.pid)
@@ -112,7 +93,7 @@ def test_a_second_train_into_a_directory_in_use_refuses(tmp_path, small_csv):
 
 
 @pytest.mark.ddp
-def test_every_rank_of_a_refused_ddp_run_exits(tmp_path, small_csv):
+def test_every_rank_of_a_refused_ddp_run_exits(tmp_path, tiny_csv, tiny_train):
     """Only rank 0 locks; the other rank learns the refusal by broadcast instead of waiting in a collective."""
     out = tmp_path / "run"
     out.mkdir()
@@ -123,7 +104,7 @@ def test_every_rank_of_a_refused_ddp_run_exits(tmp_path, small_csv):
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
         launch += [str(REPO / "launch/accelerate/cpu_ddp.yaml"), "--main_process_port", port, "-m"]
         proc = subprocess.run(
-            _command(out, small_csv, 1, launch),
+            _command(tiny_train, out, tiny_csv, 1, launch),
             env=ENV,
             cwd=REPO,
             capture_output=True,
@@ -137,12 +118,12 @@ def test_every_rank_of_a_refused_ddp_run_exits(tmp_path, small_csv):
     assert all(f"in use by process {os.getpid()} on {HOST}" in line for line in refusals)
 
 
-def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, small_csv, capsys):
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, tiny_csv, tiny_train, capsys):
     out = tmp_path / "run"
     out.mkdir()
     dead = _dead_pid()
     (out / LOCK_FILE).write_text(json.dumps({"pid": dead, "host": HOST, "started": 0}))
-    assert main(["train", *TINY, "--epochs", "1", "--data", str(small_csv), "--out", str(out)]) == 0
+    assert main(["train", *tiny_train, "--epochs", "1", "--data", str(tiny_csv), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert (
         f"{out / LOCK_FILE}: took over the lock of process {dead} on {HOST}, which ended without releasing it"
