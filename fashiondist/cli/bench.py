@@ -352,12 +352,13 @@ def run_time_to_accuracy(args: argparse.Namespace) -> int:
     from fashiondist.bench.accuracy import AccuracyBench, accuracy_tables, run_accuracy_bench
     from fashiondist.bench.machine import CpuShare, describe_machine
     from fashiondist.bench.report import check_json_target
+    from fashiondist.output_paths import check_output_dir
 
     json_path = check_json_target(args.json)
     bench = AccuracyBench(
         recipe=args.recipe, targets=tuple(args.targets), data=args.data, epochs=args.epochs,
         batch_size=args.batch_size, precision=args.precision, overrides=tuple(args.set), repeats=args.repeats,
-        out=Path(args.out) if args.out else None,
+        out=check_output_dir(args.out, "--out") if args.out else None,
     )  # fmt: skip
     machine = describe_machine(torch_threads=False)
     with CpuShare() as share:

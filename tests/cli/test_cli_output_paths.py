@@ -121,3 +121,11 @@ def test_every_console_is_one_of_the_two_without_markup():
         for pattern in (r"\bConsole\(", r"\[/\]", r"\[/?(bold|red|green|yellow|dim)\b", r"rich\.markup"):
             offenders += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
     assert offenders == []
+
+
+def test_bench_out_and_json(good_file, tmp_path, capsys):
+    line = _refused(["bench", "time-to-accuracy", "--recipe", "cnn", "--out", str(good_file)], capsys)
+    assert line.endswith(f"--out {good_file}: is a file, not a directory (hint: choose a directory path)")
+    line = _refused(["bench", "time-to-accuracy", "--recipe", "cnn", "--json", str(tmp_path)], capsys)
+    assert line.endswith(f"--json {tmp_path}: is a directory (hint: give a file name inside it)")
+    assert good_file.read_bytes() == GOOD
