@@ -71,7 +71,6 @@ def _check_writable(directory: Path, option: str, shown: Path | None = None) -> 
         if existing == existing.parent:
             break
         existing = existing.parent
-    existing = existing if str(existing) else Path(".")
     if not existing.is_dir():
         raise InputError(f"{option} {shown}: {existing} is a file, so nothing can be created under it")
     try:
