@@ -238,7 +238,9 @@ def _read_pickled_tensors(path: Path) -> dict[str, Any]:
 
 def kept_metric_lines(path: Path, epochs_done: int) -> tuple[list[str], str | None]:
     """metrics.jsonl's lines of the epochs a resumed run keeps, and a warning when a torn last line (a crash
-    mid-write) was dropped. Any other unreadable line is a DamagedCheckpoint."""
+    mid-write) was dropped. Any other unreadable line is a DamagedCheckpoint. No file: no lines."""
+    if not path.exists():
+        return [], None
     lines = [line for line in path.read_text(errors="replace").splitlines() if line]
     kept, warning = [], None
     for number, line in enumerate(lines, 1):

@@ -122,6 +122,12 @@ class Trainer:
         self.best_weights: dict[str, torch.Tensor] | None = None
         if last is not None:
             self._restore(last)
+        # read on every rank, so that a damaged file stops them all (not the main one alone, mid-collective)
+        self.kept_metrics = (
+            run_checkpoint.kept_metric_lines(self.run_dir / run_checkpoint.METRICS, self.state.epoch)
+            if last is not None
+            else ([], None)  # a new run into an old directory keeps none of its lines
+        )
 
     # --- state -----------------------------------------------------------------------------------------
     @property
@@ -195,7 +201,7 @@ class Trainer:
             for stray in run_checkpoint.sweep_partial(self.run_dir):
                 self.progress.log(f"removed {stray}, left by a run that crashed while saving")
             save_yaml(cfg, self.run_dir / "config.yaml")
-            self._truncate_metrics(state.epoch)
+            self._truncate_metrics()
         acc.wait_for_everyone()
         self._announce()
         run_start = time.perf_counter()
@@ -366,14 +372,13 @@ class Trainer:
         with run_checkpoint.atomic_dir(self.run_dir / "best") as tmp:
             self._save_weights(self._eval_model(), tmp, extra)
 
-    def _truncate_metrics(self, epochs_done: int) -> None:
+    def _truncate_metrics(self) -> None:
         """On resume, drop metric lines past the checkpoint (a run killed after logging but before saving) and
         a torn last line (killed while writing it), with a warning."""
         path = self.run_dir / run_checkpoint.METRICS
         if not path.exists():
             return
-        fresh = self.resumed_from is None  # a new run into an old directory keeps none of its lines
-        keep, warning = ([], None) if fresh else run_checkpoint.kept_metric_lines(path, epochs_done)
+        keep, warning = self.kept_metrics
         if warning:
             self.progress.log(warning)
         with atomic_write(path) as fh:

@@ -101,7 +101,7 @@ def test_infer_and_evaluate_out(onnx_model, model_dir, sample_test_csv, good_fil
     assert good_file.read_bytes() == GOOD
 
 
-def test_user_paths_print_as_written(tmp_path, capsys, monkeypatch):
+def test_user_paths_print_as_written(tmp_path, capsys, monkeypatch, fresh_accelerate):
     """`run[/x]` failed with a MarkupError after the whole training; `[test]` printed as nothing."""
     monkeypatch.chdir(tmp_path)
     out = "runs/[test]/run[/x]"

@@ -26,7 +26,7 @@ class _RunsCode:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_csv, tiny_train) -> tuple[Path, Path, list[str]]:
+def trained(tmp_path_factory, tiny_csv, tiny_train, fresh_accelerate) -> tuple[Path, Path, list[str]]:
     """(a 2-epoch run directory with last/, .last.prev/ and best/, its train.csv, the train options)."""
     root, data = tmp_path_factory.mktemp("resume"), tiny_csv
     assert main(["train", *tiny_train, "--epochs", "2", "--data", str(data), "--out", str(root / "run")]) == 0

@@ -118,7 +118,9 @@ def test_every_rank_of_a_refused_ddp_run_exits(tmp_path, tiny_csv, tiny_train):
     assert all(f"in use by process {os.getpid()} on {HOST}" in line for line in refusals)
 
 
-def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, tiny_csv, tiny_train, capsys):
+def test_a_lock_left_by_a_dead_process_is_taken_over(
+    tmp_path, tiny_csv, tiny_train, capsys, fresh_accelerate
+):
     out = tmp_path / "run"
     out.mkdir()
     dead = _dead_pid()
