@@ -108,8 +108,8 @@ class LastCheckpoint:
 class DamagedCheckpoint(InputError):
     """A file of a `last/` checkpoint that cannot be resumed from. The message names the file."""
 
-    def __init__(self, path: Path, problem: str):
-        super().__init__(f"{path}: {problem}", hint=RESUME_HINT)
+    def __init__(self, path: Path, problem: str, hint: str = RESUME_HINT):
+        super().__init__(f"{path}: {problem}", hint=hint)
         self.path = path
         self.problem = problem
 
@@ -193,7 +193,10 @@ def restore_into(path: Path, load: Callable[[Any], Any], value: Any) -> None:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_bytes())
+        text = path.read_bytes()
+        if not text.strip():
+            raise DamagedCheckpoint(path, "empty (cut off while it was written)")
+        return json.loads(text)
     except FileNotFoundError:
         raise DamagedCheckpoint(path, "missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -249,7 +252,9 @@ def kept_metric_lines(path: Path, epochs_done: int) -> tuple[list[str], str | No
         except (json.JSONDecodeError, KeyError, TypeError):
             if number < len(lines):
                 raise DamagedCheckpoint(
-                    path, f"line {number} is not a metrics record; remove the line, or start a new --out"
+                    path,
+                    f"line {number} is not a metrics record",
+                    hint="remove that line, or start a new --out",
                 ) from None
             warning = f"warning: {path}: dropped the torn last line {number} (a crash while writing it)"
             continue

@@ -93,7 +93,7 @@ CASES = {
         "not a readable safetensors file, truncated or damaged",
     ),
     "garbage state": ("trainer_state.json", _garbage, "not readable JSON"),
-    "empty state": ("trainer_state.json", _empty, "not readable JSON"),
+    "empty state": ("trainer_state.json", _empty, "empty (cut off while it was written)"),
     "state missing keys": (
         "trainer_state.json",
         _state_without_model,
@@ -166,3 +166,4 @@ def test_a_torn_metrics_line_before_the_last_is_one_error(trained, tmp_path, cap
     code, err = _resume(run, trained, capsys, "--resume", "auto")
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"fashiondist: error: {run / 'metrics.jsonl'}: line 1 is not a metrics record")
+    assert err.rstrip().endswith("(hint: remove that line, or start a new --out)"), err
