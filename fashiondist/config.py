@@ -21,6 +21,7 @@ from typing import Any
 
 from fashiondist.atomic_io import write_text
 from fashiondist.errors import InputError
+from fashiondist.output_paths import format_out_template
 
 
 class Precision(str, enum.Enum):
@@ -87,7 +88,8 @@ class TrainConfig:
         return out
 
     def run_dir(self) -> Path:
-        return Path(self.out.format(model=self.model))
+        """`out` with `{model}` filled in (the only placeholder; `--out` refuses any other)."""
+        return Path(format_out_template(self.out, "--out", model=self.model))
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -177,6 +179,7 @@ def validate(cfg: TrainConfig) -> None:
     for ok, key, problem in checks:
         if not ok:
             raise InputError(f"config key {key!r}: {getattr(cfg, key)!r} {problem}")
+    cfg.run_dir()  # an unknown placeholder in `out` fails here, before any work
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

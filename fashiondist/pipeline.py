@@ -1,7 +1,7 @@
 """The main job, stage after stage: train every variant -> evaluate and select -> export the best -> submit
 -> report.
 
-    job = run_main_job(configs, Path("runs/sweep"), test_csv="testX.csv", quantize="int8", results=Console())
+    job = run_main_job(configs, Path("runs/sweep"), test_csv="testX.csv", quantize="int8", results=results_console())
     fashiondist train --models all --test testX.csv                         # the same, from the command line
 
 Every process of a launched group trains (DDP); evaluation, export and submission run on the main process
@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from fashiondist.config import TrainConfig, Tta
+from fashiondist.consoles import log_console, results_console
 from fashiondist.evaluation.plots import COMPARISON_FILE
 
 SUBMISSION_FILE = "submission.csv"
@@ -50,12 +51,14 @@ def run_main_job(
     results: Console | None = None,
 ) -> MainJob:
     """Train `configs` one after the other; with a `parent` (a multi-model run) ship the best of them."""
-    log = Console(stderr=True)
+    log = log_console()
     runs, main_process = train_all(configs, parent, log)
     preempted = bool(runs and runs[-1].preempted_by)
     job = MainJob(runs, main_process, preempted)
     if parent is not None and main_process and not preempted:
-        job.shipment = ship(runs, parent, configs[0].data, test_csv, quantize, results or Console(), log)
+        job.shipment = ship(
+            runs, parent, configs[0].data, test_csv, quantize, results or results_console(), log
+        )
     return job
 
 
@@ -63,11 +66,20 @@ def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> 
     """(one RunResult per variant, whether this is the main process); stops after a preempted variant."""
     from fashiondist.data.sources import load_data
     from fashiondist.engine.progress import TrainProgress
-    from fashiondist.engine.trainer import Trainer, make_accelerator
+    from fashiondist.engine.run_lock import main_process_lock
+    from fashiondist.engine.trainer import make_accelerator
 
     accelerator = make_accelerator(configs[0], project_dir=parent or configs[0].run_dir())
     progress = TrainProgress(enabled=accelerator.is_main_process, quiet=configs[0].quiet, console=log)
-    data = load_data(configs[0].data)
+    # one run at a time per directory: a multi-model run holds its parent, which holds every variant's
+    lock = main_process_lock(accelerator, parent or configs[0].run_dir(), progress.log)
+    with lock:
+        return _train_each(configs, accelerator, progress, load_data(configs[0].data))
+
+
+def _train_each(configs: list[TrainConfig], accelerator, progress, data) -> tuple[list, bool]:
+    from fashiondist.engine.trainer import Trainer
+
     runs = []
     with progress:
         for cfg in configs:

@@ -55,3 +55,17 @@ def sample_test_csv() -> Path:
     from fashiondist.data.sources import SAMPLE_DIR, SAMPLE_TEST_CSV
 
     return SAMPLE_DIR / SAMPLE_TEST_CSV
+
+
+@pytest.fixture(scope="module")
+def fresh_accelerate():
+    """A module whose tests train in this process starts and leaves accelerate's state fresh: it is one per
+    process, and its precision, fixed by the first Accelerator, cannot change (another module's run may have
+    picked bf16, these ask for fp32)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

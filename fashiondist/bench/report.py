@@ -12,7 +12,7 @@ from typing import Any
 from fashiondist.atomic_io import write_json
 from fashiondist.bench.machine import load_average
 from fashiondist.bench.stats import Stat
-from fashiondist.errors import InputError
+from fashiondist.output_paths import check_output_file
 
 
 def _fmt(stat: Stat | None, number: str, suffix: str = "") -> str:
@@ -38,30 +38,13 @@ def fmt_ratio(stat: Stat | None) -> str:
     return _fmt(stat, ".2f", "x")
 
 
-def results_console():
-    """stdout for the tables: as wide as a terminal is, and wide enough not to cut columns in a file or pipe."""
-    from rich.console import Console
-
-    console = Console(soft_wrap=True)
-    if not console.is_terminal:
-        console = Console(soft_wrap=True, width=max(console.width, 160))
-    return console
-
-
 def stat_dict(stat: Stat | None) -> dict[str, Any] | None:
     return None if stat is None else stat.to_dict()
 
 
 def check_json_target(path: str | Path | None) -> Path | None:
-    """Fail before any measuring when the JSON file could not be written (its directory is missing)."""
-    if path is None:
-        return None
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"--json {path}: is a directory; give a file name such as bench.json")
-    if not path.parent.is_dir():
-        raise InputError(f"--json {path}: the directory {path.parent} does not exist")
-    return path
+    """Fail before any measuring when the JSON file could not be written (see `output_paths`)."""
+    return None if path is None else check_output_file(path, "--json")
 
 
 def write_bench_json(path: str | Path, payload: dict[str, Any]) -> Path:

@@ -29,12 +29,3 @@ def positive_int(text: str) -> int:
 
 def formatter() -> type[argparse.HelpFormatter]:
     return argparse.RawDescriptionHelpFormatter
-
-
-def stdout_console():
-    """Results console: tables keep their columns when stdout is a pipe or a file (rich would use 80)."""
-    import sys
-
-    from rich.console import Console
-
-    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)

@@ -285,7 +285,8 @@ def _measure(
 ) -> int:
     """Describe the machine, run `bench` while watching the CPU's other users, print the tables, write --json."""
     from fashiondist.bench.machine import CpuShare, describe_machine, machine_line
-    from fashiondist.bench.report import results_console, write_bench_json
+    from fashiondist.bench.report import write_bench_json
+    from fashiondist.consoles import results_console
 
     machine = describe_machine(**machine_kw)
     with CpuShare() as share:
@@ -303,10 +304,10 @@ def _measure(
 
 
 def _log():
-    from rich.console import Console
+    from fashiondist.consoles import log_console
 
-    console = Console(stderr=True, soft_wrap=True)
-    return lambda message: console.print(message, highlight=False, markup=False)
+    console = log_console()
+    return lambda message: console.print(message, highlight=False)
 
 
 def _resolve_precisions(requested: tuple[str, ...]) -> tuple[str, ...]:
@@ -352,11 +353,12 @@ def run_infer(args: argparse.Namespace) -> int:
 def run_time_to_accuracy(args: argparse.Namespace) -> int:
     from fashiondist.bench.accuracy import AccuracyBench, accuracy_tables, run_accuracy_bench
     from fashiondist.bench.report import check_json_target
+    from fashiondist.output_paths import check_output_dir
 
     json_path = check_json_target(args.json)
     bench = AccuracyBench(
         recipe=args.recipe, targets=tuple(args.targets), data=args.data, epochs=args.epochs,
         batch_size=args.batch_size, precision=args.precision, overrides=tuple(args.set), repeats=args.repeats,
-        out=Path(args.out) if args.out else None,
+        out=check_output_dir(args.out, "--out") if args.out else None,
     )  # fmt: skip
     return _measure(run_accuracy_bench, bench, json_path, accuracy_tables, torch_threads=False)

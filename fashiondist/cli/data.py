@@ -122,8 +122,7 @@ def _class_table(dataset: Dataset) -> Table:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from fashiondist.consoles import results_console
     from fashiondist.data.sources import available_splits, load_data
     from fashiondist.errors import InputError
 
@@ -132,7 +131,7 @@ def run_info(args: argparse.Namespace) -> int:
     if split not in available:
         raise InputError(f"--data {args.data}: has no {split} part", hint=f"use --split {available[0]}")
     dataset = load_data(args.data, split=split)
-    console = Console()
+    console = results_console()
     console.print(_summary_table(dataset))
     if dataset.labels is not None:
         console.print(_class_table(dataset))
@@ -140,25 +139,28 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_export_csv(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from rich.console import Console
     from rich.table import Table
 
+    from fashiondist.consoles import results_console
     from fashiondist.data.csvio import write_competition_csv
     from fashiondist.data.sources import available_splits, load_data
+    from fashiondist.output_paths import check_output_dir, check_output_file
 
-    # load (and so validate) every part before writing anything: a bad source leaves DIR untouched
+    # check DIR and load (so validate) every part before writing anything: a bad source leaves DIR untouched
+    out = check_output_dir(args.out, "--out")
     parts = [load_data(args.data, split=split) for split in available_splits(args.data)]
-    out = Path(args.out)
+    targets = [check_output_file(out / _csv_name(part.split), "--out") for part in parts]
     out.mkdir(parents=True, exist_ok=True)
     written = Table(title=f"{args.data} as competition CSVs")
     for name in ("file", "rows", "bytes"):
         written.add_column(name, justify="left" if name == "file" else "right")
-    for part in parts:
-        path = out / ("train.csv" if part.split == "train" else "testX.csv")
+    for part, path in zip(parts, targets, strict=True):
         labels = part.labels if part.split == "train" else None  # a testX.csv never carries labels
         write_competition_csv(path, part.ids, part.images, labels)
         written.add_row(str(path), f"{len(part):,}", f"{path.stat().st_size:,}")
-    Console().print(written)
+    results_console().print(written)
     return 0
+
+
+def _csv_name(split: str) -> str:
+    return "train.csv" if split == "train" else "testX.csv"

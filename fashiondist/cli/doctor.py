@@ -16,7 +16,8 @@ import json
 import os
 from typing import Any
 
-from fashiondist.cli._common import formatter, stdout_console
+from fashiondist.cli._common import formatter
+from fashiondist.consoles import results_console
 
 _PACKAGES = ("fashiondist", "torch", "accelerate", "onnxruntime", "onnx", "numpy")
 _GPU_PROVIDERS = ("cuda", "tensorrt")
@@ -168,20 +169,24 @@ def _recipe(gpu: bool, native_bf16: bool) -> dict[str, str]:
     return {"path": path, "why": why, "command": f"fashiondist train --config {path}"}
 
 
-def _yes(flag: bool) -> str:
-    return "[green]yes[/]" if flag else "no"
+def _yes(flag: bool):
+    from rich.text import Text
+
+    return Text("yes", style="green") if flag else Text("no")
 
 
 def _print_tables(report: dict[str, Any]) -> None:
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     cpu, ort = report["cpu"], report["onnxruntime_providers"]
     table = Table(title="fashiondist doctor", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("this machine")
-    table.add_row("CPU", escape(f"{cpu['model']} ({cpu['vendor']})"))
-    table.add_row("ISA", ", ".join(f"{flag} {_yes(has)}" for flag, has in cpu["isa"].items()))
+    table.add_row("CPU", f"{cpu['model']} ({cpu['vendor']})")
+    table.add_row(
+        "ISA", Text(", ").join(Text.assemble(f"{flag} ", _yes(has)) for flag, has in cpu["isa"].items())
+    )
     bf16 = "yes (" + ", ".join(cpu["bf16_flags"]) + ")" if cpu["native_bf16"] else "no"
     if cpu["bf16_flags"] and not cpu["native_bf16"]:
         bf16 = f"no: {', '.join(cpu['bf16_flags'])} held off by {cpu['held_to']}"
@@ -191,28 +196,31 @@ def _print_tables(report: dict[str, Any]) -> None:
         f"{cpu['usable_cores']} usable of {cpu['logical_cores']}; torch uses {cpu['torch_threads']} threads",
     )
     gpus = [
-        f"{g['index']}: {g['name']}, compute {g['capability']}, {g['memory_bytes'] / 2**30:.0f} GiB, bf16 {_yes(g['bf16'])}"
+        Text.assemble(
+            f"{g['index']}: {g['name']}, compute {g['capability']}, {g['memory_bytes'] / 2**30:.0f} GiB, bf16 ",
+            _yes(g["bf16"]),
+        )
         for g in report["gpus"]
     ]
-    table.add_row("GPUs", "\n".join(gpus) or f"none (torch CUDA build: {report['cuda'] or 'none'})")
+    table.add_row("GPUs", Text("\n").join(gpus) or f"none (torch CUDA build: {report['cuda'] or 'none'})")
     dist = report["distributed"]
-    nccl = _yes(dist["nccl"]) + (
-        "" if dist["nccl_usable"] or not dist["nccl"] else " (built in; needs a GPU)"
+    nccl = Text.assemble(
+        _yes(dist["nccl"]), "" if dist["nccl_usable"] or not dist["nccl"] else " (built in; needs a GPU)"
     )
-    table.add_row("distributed", f"nccl {nccl}, gloo {_yes(dist['gloo'])}")
+    table.add_row("distributed", Text.assemble("nccl ", nccl, ", gloo ", _yes(dist["gloo"])))
     table.add_row("versions", ", ".join(f"{k} {v or '-'}" for k, v in report["versions"].items()))
-    usable = ", ".join(f"{k} {_yes(v)}" for k, v in ort["usable"].items())
-    problems = escape("".join(f"\n{k}: {v}" for k, v in ort["problems"].items()))
-    table.add_row("onnxruntime", f"usable: {usable}{problems}")
+    usable = Text(", ").join(Text.assemble(f"{k} ", _yes(v)) for k, v in ort["usable"].items())
+    problems = "".join(f"\n{k}: {v}" for k, v in ort["problems"].items())
+    table.add_row("onnxruntime", Text.assemble("usable: ", usable, problems))
     acc = report["accelerate_config"]
     config = f"{acc['default_config_file']} ({'present' if acc['exists'] else 'none'})"
     if acc.get("settings"):
         config += "\n" + ", ".join(f"{k}={v}" for k, v in acc["settings"].items())
     if acc["environment"]:
         config += "\n" + ", ".join(f"{k}={v}" for k, v in acc["environment"].items())
-    table.add_row("accelerate config", escape(config))
+    table.add_row("accelerate config", config)
     choice = report["precision_auto"]
-    table.add_row("--precision auto", f"[bold]{choice['precision']}[/]: {escape(choice['reason'])}")
+    table.add_row("--precision auto", Text.assemble((choice["precision"], "bold"), f": {choice['reason']}"))
     recipe = report["recipe"]
-    table.add_row("start with", escape(f"{recipe['path']} ({recipe['why']})\n{recipe['command']}"))
-    stdout_console().print(table, highlight=False)
+    table.add_row("start with", f"{recipe['path']} ({recipe['why']})\n{recipe['command']}")
+    results_console().print(table, highlight=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fashiondist.cli._common import DATA_HELP, formatter, stdout_console
+from fashiondist.cli._common import DATA_HELP, formatter
+from fashiondist.consoles import results_console
 
 EXAMPLES = """\
 examples:
@@ -40,15 +41,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fashiondist.evaluation.sweep import evaluate_path, report_run
 
-    console = stdout_console()
+    console = results_console()
     if args.data is None:
         evaluate_path(args.path, console)
         return 0
     import shutil
 
     from fashiondist.engine.checkpoint_predictions import predict_checkpoint
+    from fashiondist.output_paths import check_output_dir
 
-    out = Path(args.out or f"{Path(args.path).resolve()}-eval")
+    out = check_output_dir(args.out or f"{Path(args.path).resolve()}-eval", "--out")
     created = not out.exists()
     try:
         predict_checkpoint(args.path, args.data, out, batch_size=args.batch_size)

@@ -74,13 +74,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from fashiondist.consoles import log_console, results_console
     from fashiondist.errors import FashiondistError, InputError
     from fashiondist.export.check_images import load_check_images
     from fashiondist.export.exporter import export_checkpoint
+    from fashiondist.output_paths import check_output_file
 
-    log = Console(stderr=True, soft_wrap=True)
+    log = log_console()
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
         raise InputError(f"{checkpoint}: no such run directory or checkpoint")
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if args.out
         else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "model.onnx"
     )
+    check_output_file(out, "--out")
     checks = load_check_images(args.data, checkpoint)
     log.print(f"checking with {checks.description}", highlight=False)
     report = export_checkpoint(
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         max_int8_drop=args.max_int8_drop,
         log=lambda message: log.print(message, highlight=False),
     )
-    Console().print(export_table(report))
+    results_console().print(export_table(report))
     if report.int8_refusal:
         raise FashiondistError(
             report.int8_refusal, hint="export without --quantize, or calibrate on more training images"
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
 def export_table(report):
     """A rich Table of the parity rows (and the int8 comparison, when there is one)."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(
         title=f"onnxruntime vs PyTorch: {report.model}, tta {report.tta}, opset {report.opset}",
@@ -135,7 +137,7 @@ def export_table(report):
             f"{row.max_abs_diff:.2e}",
             f"{row.max_logit_error:.2e} ({row.worst_ratio:.2g}x allowed)",
             f"{row.argmax_agreement:.2%}",
-            "[green]pass[/]" if row.passed else "[red]FAIL[/]",
+            Text("pass", style="green") if row.passed else Text("FAIL", style="red"),
         )
     if report.int8 is None:
         return table
@@ -147,12 +149,12 @@ def export_table(report):
         "fp32", f"{q.fp32_accuracy:.2%}", f"{q.fp32_images_per_s:,.0f}", f"{report.file_bytes / 1e6:.2f}"
     )
     verdict = (
-        "[green]kept[/]"
+        Text("kept", style="green")
         if q.accepted
-        else f"[red]refused: -{q.drop_points:.2f} pts > {q.max_drop_points:g}[/]"
+        else Text(f"refused: -{q.drop_points:.2f} pts > {q.max_drop_points:g}", style="red")
     )
     int8.add_row(
-        f"int8 ({verdict})",
+        Text.assemble("int8 (", verdict, ")"),
         f"{q.int8_accuracy:.2%}",
         f"{q.int8_images_per_s:,.0f}",
         f"{q.file_bytes / 1e6:.2f}",

@@ -117,8 +117,9 @@ def _progress(csv_path: Path, provider: str) -> Iterator[Callable[[int], None] |
     if not sys.stderr.isatty():
         yield None
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fashiondist.consoles import log_console
 
     columns = (
         TextColumn(f"predicting on {provider}"),
@@ -126,7 +127,7 @@ def _progress(csv_path: Path, provider: str) -> Iterator[Callable[[int], None] |
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    with Progress(*columns, console=log_console(), transient=True) as progress:
         task = progress.add_task("rows", total=_count_rows(csv_path))
         yield lambda rows: progress.advance(task, rows)
 

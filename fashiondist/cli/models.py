@@ -45,9 +45,9 @@ def _recipe_text(recipe: dict[str, Any]) -> str:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from fashiondist.consoles import results_console
     from fashiondist.errors import InputError
     from fashiondist.models import DEFAULT_MODEL, create_model, list_models, model_description, model_recipe
     from fashiondist.models.complexity import count_parameters, macs_per_image
@@ -71,5 +71,5 @@ def run_models(args: argparse.Namespace) -> int:
             _recipe_text(model_recipe(name)),
             model_description(name),
         )
-    Console().print(table)
+    results_console().print(table)
     return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fashiondist.cli._common import add_data_option, formatter, stdout_console
+from fashiondist.cli._common import add_data_option, formatter
 from fashiondist.config import Optimizer, Precision, Schedule, Tta
+from fashiondist.consoles import results_console
 from fashiondist.models.registry import list_models
 
 EXAMPLES = """\
@@ -73,7 +74,11 @@ def register(subparsers) -> None:
     p.add_argument("--early-stop", type=int, metavar="EPOCHS", help="stop after this many epochs without improvement")
     p.add_argument("--seed", type=int)
     p.add_argument("--val-fraction", type=float, help="share of labelled images held out for validation")
-    p.add_argument("--out", help="run directory (one model; default runs/MODEL) or parent directory (--models; default runs/sweep)")
+    p.add_argument(
+        "--out",
+        help="run directory (one model; default runs/{model}, where {model} is the variant's name, the only "
+        "placeholder; write a literal brace twice) or parent directory (--models; default runs/sweep)",
+    )
     p.add_argument("--resume", metavar="PATH|auto", help="continue from a last/ checkpoint; auto: OUT/last when present")
     p.add_argument("--config", metavar="FILE.yaml", help="hyperparameters from a YAML file (see launch/experiments/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. --set model_kwargs.width=2")
@@ -131,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
             cfg.out = str(parent / cfg.model)
         configs.append(cfg)
     _check_sweep_wide(configs)
+    _check_outputs(configs, parent)
     from fashiondist.pipeline import run_main_job
 
-    out = stdout_console()
+    out = results_console()
     job = run_main_job(configs, parent, test_csv=args.test, quantize=args.quantize, results=out)
     if not job.main_process or job.preempted:
         return 0
@@ -167,3 +173,13 @@ def _check_sweep_wide(configs) -> None:
         values = {str(getattr(c, key)) for c in configs}
         if len(values) > 1:
             raise InputError(f"{key} must be the same for every variant of one run, got {', '.join(sorted(values))}")
+
+
+def _check_outputs(configs, parent: Path | None) -> None:
+    """Every run directory (and a multi-model run's parent) can be written, checked before any training."""
+    from fashiondist.output_paths import check_output_dir
+
+    if parent is not None:
+        check_output_dir(parent, "--out")
+    for cfg in configs:
+        check_output_dir(cfg.run_dir(), "--out")

@@ -16,18 +16,20 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from fashiondist.consoles import log_console
+
 
 class TrainProgress:
     def __init__(self, enabled: bool, quiet: bool, console: Console | None = None):
         self.enabled = enabled
-        self.console = console or Console(stderr=True)
+        self.console = console or log_console()
         self._progress: Progress | None = None
         if enabled and not quiet:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),  # the description names a run
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
+                TextColumn("{task.fields[stats]}", markup=False),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=self.console,

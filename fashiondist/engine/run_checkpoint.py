@@ -1,10 +1,14 @@
 """`last/` (everything a resumed run needs) and `best/` (weights to ship), each written atomically.
 
 A checkpoint directory is written whole into a temporary sibling, then swapped in: the old directory is
-renamed aside, the new one renamed into place, the old one removed. A crash at any point leaves either the
-old or the new directory complete (`find_last` also looks at the aside copy). Nothing is loaded with
-unrestricted pickle: weights are safetensors, the optimizer state loads with `weights_only=True`, the rest
-is JSON.
+renamed aside, the new one renamed into place. `last/`'s previous version stays aside as `.last.prev/`
+(one epoch or preemption earlier), so a damaged `last/` (a truncated copy, a full disk) falls back to it;
+`best/`'s is removed. A crash at any point leaves a complete directory; a temporary `.NAME.tmp-*` left by
+a crash mid-write is removed by the next run (`sweep_partial`). Nothing is loaded with unrestricted pickle:
+weights are safetensors, the optimizer state loads with `weights_only=True`, the rest is JSON.
+
+Resuming reads and checks every file of `last/` before the run starts (`load_last`): a damaged one is one
+InputError naming the file and what to do, or, where `.last.prev/` is complete, a fallback that says so.
 """
 
 from __future__ import annotations
@@ -12,25 +16,40 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from fashiondist.atomic_io import write_json
+from fashiondist.engine.run_state import RunState
 from fashiondist.errors import InputError
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
 EMA_DIR = "ema"
+WEIGHTS = "model.safetensors"
+LAST_DIR = "last"
+PREVIOUS_LAST = ".last.prev"  # last/ as it was before the latest save
+METRICS = "metrics.jsonl"
+RESUME_HINT = "resume from another checkpoint, or rerun without --resume to start again"
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `target` (see the module docstring)."""
+def atomic_dir(target: Path, keep_previous: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces `target` (see the module docstring).
+
+    With `keep_previous`, the directory `target` was is kept there (replacing an older one) instead of removed.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -38,12 +57,22 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    aside = target.with_name(f".{target.name}.old")
+    aside = keep_previous or target.with_name(f".{target.name}.old")
     shutil.rmtree(aside, ignore_errors=True)
     if target.exists():
         os.replace(target, aside)
     os.replace(tmp, target)
-    shutil.rmtree(aside, ignore_errors=True)
+    if keep_previous is None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def sweep_partial(run_dir: Path) -> list[Path]:
+    """Remove the `.NAME.tmp-*` directories a crash mid-save left in `run_dir` (call it holding the run's
+    lock, so no live writer owns one); return them."""
+    stray = sorted(run_dir.glob(".*.tmp-*")) if run_dir.is_dir() else []
+    for path in stray:
+        shutil.rmtree(path, ignore_errors=True)
+    return stray
 
 
 def save_last(
@@ -54,8 +83,8 @@ def save_last(
     state: dict[str, Any],
 ) -> Path:
     """Write `run_dir/last/`: weights (via `save_weights(dir)`), optimizer, EMA weights, trainer state."""
-    target = run_dir / "last"
-    with atomic_dir(target) as tmp:
+    target = run_dir / LAST_DIR
+    with atomic_dir(target, keep_previous=run_dir / PREVIOUS_LAST) as tmp:
         save_weights(tmp)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_STATE)
         if ema_save_weights is not None:
@@ -64,18 +93,171 @@ def save_last(
     return target
 
 
+@dataclass
+class LastCheckpoint:
+    """Everything a resumed run starts from, read and checked (tensors on the CPU)."""
+
+    directory: Path
+    state: RunState
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    ema_weights: dict[str, torch.Tensor] | None
+    fallback_note: str | None = None  # set when `last/` was damaged and this is `.last.prev/`
+
+
+class DamagedCheckpoint(InputError):
+    """A file of a `last/` checkpoint that cannot be resumed from. The message names the file."""
+
+    def __init__(self, path: Path, problem: str, hint: str = RESUME_HINT):
+        super().__init__(f"{path}: {problem}", hint=hint)
+        self.path = path
+        self.problem = problem
+
+
 def find_last(path: str | Path) -> Path:
-    """Resolve `--resume PATH`: a `last/` directory, or a run directory holding one."""
+    """Resolve `--resume PATH`: a `last/` directory, or a run directory holding one (or only its previous)."""
     path = Path(path)
-    for candidate in (path, path / "last", path / ".last.old"):
+    for candidate in (path, path / LAST_DIR, path / PREVIOUS_LAST):
         if (candidate / TRAINER_STATE).is_file():
             return candidate
     raise InputError(f"--resume {path}: no resumable checkpoint there (expected {path}/last/{TRAINER_STATE})")
 
 
-def load_trainer_state(last_dir: Path) -> dict[str, Any]:
-    return json.loads((last_dir / TRAINER_STATE).read_text())
+def load_last(resume: str, run_dir: Path) -> LastCheckpoint | None:
+    """The checkpoint `--resume` names (`auto`: run_dir's, None when it has none), every file checked.
+
+    A damaged `last/` falls back to `.last.prev/` beside it when that one is whole (the note says so);
+    otherwise the DamagedCheckpoint says what to do.
+    """
+    if resume == "auto":
+        try:
+            last = find_last(run_dir)
+        except InputError:
+            return None
+    else:
+        last = find_last(resume)
+    try:
+        return read_checkpoint(last)
+    except DamagedCheckpoint as damage:
+        previous = last.parent / PREVIOUS_LAST
+        if last.name != PREVIOUS_LAST and (previous / TRAINER_STATE).is_file():
+            with contextlib.suppress(DamagedCheckpoint):
+                checkpoint = read_checkpoint(previous)
+                checkpoint.fallback_note = (
+                    f"warning: {damage.path}: {damage.problem}; resuming from the previous complete checkpoint "
+                    f"{previous} (at epoch {checkpoint.state.epoch + 1}, step {checkpoint.state.step}) instead"
+                )
+                return checkpoint
+        best = last.parent / "best"
+        raise DamagedCheckpoint(
+            damage.path,
+            f"{damage.problem}; no earlier complete checkpoint to fall back on"
+            + (
+                f" ({best} holds weights only: export or evaluate it, it cannot resume)"
+                if best.is_dir()
+                else ""
+            ),
+        ) from None
 
 
-def load_optimizer_state(last_dir: Path) -> dict[str, Any]:
-    return torch.load(last_dir / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
+def read_checkpoint(last: Path) -> LastCheckpoint:
+    """Read every file of the checkpoint directory `last`; the first damaged one is a DamagedCheckpoint."""
+    try:
+        state = RunState.from_json(load_trainer_state(last), last / TRAINER_STATE)
+    except DamagedCheckpoint:
+        raise
+    except InputError as err:  # valid JSON, but not a whole trainer state
+        raise DamagedCheckpoint(last / TRAINER_STATE, err.message.split(": ", 1)[-1]) from None
+    weights = read_tensors(last / WEIGHTS)
+    optimizer = _read_pickled_tensors(last / OPTIMIZER_STATE)
+    ema = last / EMA_DIR / WEIGHTS
+    ema_weights = read_tensors(ema) if (last / EMA_DIR).is_dir() else None
+    return LastCheckpoint(last, state, weights, optimizer, ema_weights)
+
+
+def load_trainer_state(last: Path) -> Any:
+    """The JSON of `last`'s trainer_state.json (RunState.from_json checks it is one)."""
+    return _read_json(last / TRAINER_STATE)
+
+
+def restore_into(path: Path, load: Callable[[Any], Any], value: Any) -> None:
+    """`load(value)` (an optimizer's or loss scaler's load_state_dict); a state that does not fit is damage."""
+    try:
+        load(value)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+        raise DamagedCheckpoint(
+            path,
+            f"does not fit this run ({type(err).__name__}: {err})",
+        ) from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_bytes()
+        if not text.strip():
+            raise DamagedCheckpoint(path, "empty (cut off while it was written)")
+        return json.loads(text)
+    except FileNotFoundError:
+        raise DamagedCheckpoint(path, "missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedCheckpoint(path, f"not readable JSON ({err})") from None
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise DamagedCheckpoint(path, "missing") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DamagedCheckpoint(
+            path, f"not a readable safetensors file, truncated or damaged ({err})"
+        ) from None
+
+
+def _read_pickled_tensors(path: Path) -> dict[str, Any]:
+    """torch.load with weights_only=True: plain tensors and containers only; anything else is refused."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DamagedCheckpoint(path, "missing") from None
+    except pickle.UnpicklingError as err:
+        # torch's text ends with advice to retry with weights_only=False: only the line naming the reason is kept
+        reasons = [line.strip() for line in str(err).splitlines() if "nsupported" in line]
+        reason = reasons[0] if reasons else str(err).splitlines()[0]
+        if re.search(r"unsupported global", reason, re.IGNORECASE):
+            problem = f"refused: it names code to run when loaded ({reason}); never load it"
+        else:
+            problem = f"not a readable optimizer state, truncated or damaged ({reason})"
+        raise DamagedCheckpoint(path, problem) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DamagedCheckpoint(
+            path, f"not a readable optimizer state, truncated or damaged ({first})"
+        ) from None
+    if not isinstance(state, dict) or not {"state", "param_groups"} <= state.keys():
+        raise DamagedCheckpoint(path, "not an optimizer state (no state and param_groups)")
+    return state
+
+
+def kept_metric_lines(path: Path, epochs_done: int) -> tuple[list[str], str | None]:
+    """metrics.jsonl's lines of the epochs a resumed run keeps, and a warning when a torn last line (a crash
+    mid-write) was dropped. Any other unreadable line is a DamagedCheckpoint. No file: no lines."""
+    if not path.exists():
+        return [], None
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line]
+    kept, warning = [], None
+    for number, line in enumerate(lines, 1):
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if number < len(lines):
+                raise DamagedCheckpoint(
+                    path,
+                    f"line {number} is not a metrics record",
+                    hint="remove that line, or start a new --out",
+                ) from None
+            warning = f"warning: {path}: dropped the torn last line {number} (a crash while writing it)"
+            continue
+        if isinstance(epoch, int) and epoch <= epochs_done:
+            kept.append(line)
+    return kept, warning

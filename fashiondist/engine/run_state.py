@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,4 +52,22 @@ class RunState:
         missing = [key for key in required if key not in data] if isinstance(data, dict) else required
         if missing:
             raise InputError(f"--resume {source}: not a fashiondist trainer state (no {', '.join(missing)})")
+        hints = typing.get_type_hints(cls)
+        for key in names:
+            if key in data and not _fits(data[key], hints[key]):
+                raise InputError(
+                    f"--resume {source}: not a fashiondist trainer state ({key} is {data[key]!r})"
+                )
         return cls(**{key: data[key] for key in names if key in data})
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the field's type (a whole number fits a float field; a bool fits no number)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)

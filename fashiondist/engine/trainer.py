@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from safetensors.torch import load_file
 
 from fashiondist import __version__
 from fashiondist.atomic_io import atomic_write, write_json
@@ -109,43 +108,38 @@ class Trainer:
         # the validation split lives on the device too: uint8 [M, 1, H, W], int64 [M]
         self.val_images = torch.as_tensor(data.images[val_idx], device=accelerator.device).unsqueeze(1)
         self.val_labels = torch.as_tensor(data.labels[val_idx], dtype=torch.int64, device=accelerator.device)
-        self.resumed_from = self._resume_dir()
-        self.state, weights = self._start_state(self.resumed_from)
+        last = run_checkpoint.load_last(cfg.resume, self.run_dir) if cfg.resume is not None else None
+        self.resumed_from = last.directory if last is not None else None
+        self.state = self._start_state(last)
         self.engine = prepare_training(
-            cfg, accelerator, data.images[train_idx], data.labels[train_idx], self.num_classes, weights
-        )
+            cfg, accelerator, data.images[train_idx], data.labels[train_idx], self.num_classes,
+            last.weights if last is not None else None,
+        )  # fmt: skip
         self.params = count_parameters(self.raw_model)
         self.macs = macs_per_image(self.raw_model)
         # Every rank keeps the best weights in memory for the final predictions, so that nodes without a
         # shared file system can finish (resuming does need one: every rank reads last/ and best/).
         self.best_weights: dict[str, torch.Tensor] | None = None
-        if self.resumed_from is not None:
-            self._restore(self.resumed_from)
+        if last is not None:
+            self._restore(last)
+        # read on every rank, so that a damaged file stops them all (not the main one alone, mid-collective)
+        self.kept_metrics = (
+            run_checkpoint.kept_metric_lines(self.run_dir / run_checkpoint.METRICS, self.state.epoch)
+            if last is not None
+            else ([], None)  # a new run into an old directory keeps none of its lines
+        )
 
     # --- state -----------------------------------------------------------------------------------------
     @property
     def raw_model(self) -> torch.nn.Module:
         return self.engine.raw_model
 
-    def _resume_dir(self) -> Path | None:
-        resume = self.cfg.resume
-        if resume is None:
-            return None
-        if resume == "auto":
-            try:
-                return run_checkpoint.find_last(self.run_dir)
-            except InputError:
-                return None
-        return run_checkpoint.find_last(resume)
-
-    def _start_state(self, last: Path | None) -> tuple[RunState, dict[str, torch.Tensor] | None]:
-        """A fresh state, or the one in `last/` (checked against this run) with its weights (on the CPU)."""
+    def _start_state(self, last: run_checkpoint.LastCheckpoint | None) -> RunState:
+        """A fresh state, or the one in `last/` (checked against this run)."""
         cfg = self.cfg
         if last is None:
-            return RunState(cfg.model, cfg.model_kwargs, cfg.batch_size), None
-        state = RunState.from_json(
-            run_checkpoint.load_trainer_state(last), last / run_checkpoint.TRAINER_STATE
-        )
+            return RunState(cfg.model, cfg.model_kwargs, cfg.batch_size)
+        state = last.state
         for key, mine in (
             ("model", cfg.model),
             ("model_kwargs", cfg.model_kwargs),
@@ -153,24 +147,33 @@ class Trainer:
         ):
             if getattr(state, key) != mine:
                 raise InputError(
-                    f"--resume {last}: the checkpoint has {key}={getattr(state, key)!r}, this run {mine!r}",
+                    f"--resume {last.directory}: the checkpoint has {key}={getattr(state, key)!r}, this run {mine!r}",
                     hint="resume with the same model and global batch, or start a new --out",
                 )
-        return state, load_file(str(last / "model.safetensors"))
+        return state
 
-    def _restore(self, last: Path) -> None:
+    def _restore(self, last: run_checkpoint.LastCheckpoint) -> None:
         """Optimizer, EMA, loss scaler and best weights of a resumed run (the model's weights are in already)."""
-        engine = self.engine
-        engine.optimizer.load_state_dict(run_checkpoint.load_optimizer_state(last))
-        if engine.ema is not None and (last / run_checkpoint.EMA_DIR).is_dir():
-            engine.ema.module.load_state_dict(
-                load_file(str(last / run_checkpoint.EMA_DIR / "model.safetensors"))
-            )
+        engine, restore = self.engine, run_checkpoint.restore_into
+        restore(
+            last.directory / run_checkpoint.OPTIMIZER_STATE, engine.optimizer.load_state_dict, last.optimizer
+        )
+        if engine.ema is not None and last.ema_weights is not None:
+            ema_file = last.directory / run_checkpoint.EMA_DIR / run_checkpoint.WEIGHTS
+            restore(ema_file, engine.ema.module.load_state_dict, last.ema_weights)
         if self.state.scaler and self.acc.scaler is not None:
-            self.acc.scaler.load_state_dict(self.state.scaler)
+            restore(
+                last.directory / run_checkpoint.TRAINER_STATE,
+                self.acc.scaler.load_state_dict,
+                self.state.scaler,
+            )
+        if last.fallback_note:
+            self.progress.log(last.fallback_note)
         best = self.run_dir / "best" / "model.safetensors"
         if best.is_file():
-            self.best_weights = load_file(str(best), device=str(self.acc.device))
+            self.best_weights = {
+                k: v.to(self.acc.device) for k, v in run_checkpoint.read_tensors(best).items()
+            }
 
     def _save_weights(
         self, model: torch.nn.Module, directory: Path, extra: dict[str, Any] | None = None
@@ -195,8 +198,10 @@ class Trainer:
         cfg, acc, state = self.cfg, self.acc, self.state
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stray in run_checkpoint.sweep_partial(self.run_dir):
+                self.progress.log(f"removed {stray}, left by a run that crashed while saving")
             save_yaml(cfg, self.run_dir / "config.yaml")
-            self._truncate_metrics(state.epoch)
+            self._truncate_metrics()
         acc.wait_for_everyone()
         self._announce()
         run_start = time.perf_counter()
@@ -231,7 +236,7 @@ class Trainer:
         )
         images = f"{len(self.engine.batches):,} train / {len(self.val_labels):,} val images"
         self.progress.log(
-            f"[bold]{self.cfg.model}[/]: {where}{images}, "
+            f"{self.cfg.model}: {where}{images}, "
             f"{self.num_classes} classes, {self.params:,} params; global batch {lay.global_batch} = "
             f"{lay.per_device} per device x {lay.grad_accum} accumulation x {lay.world_size} process(es); "
             f"precision {self.acc.mixed_precision} on {self.acc.device} ({this_machine_precision(self.cfg.precision).reason})"
@@ -367,16 +372,15 @@ class Trainer:
         with run_checkpoint.atomic_dir(self.run_dir / "best") as tmp:
             self._save_weights(self._eval_model(), tmp, extra)
 
-    def _truncate_metrics(self, epochs_done: int) -> None:
-        """On resume, drop metric lines past the checkpoint (a run killed after logging but before saving)."""
-        path = self.run_dir / "metrics.jsonl"
+    def _truncate_metrics(self) -> None:
+        """On resume, drop metric lines past the checkpoint (a run killed after logging but before saving) and
+        a torn last line (killed while writing it), with a warning."""
+        path = self.run_dir / run_checkpoint.METRICS
         if not path.exists():
             return
-        keep = [
-            line
-            for line in path.read_text().splitlines()
-            if line and json.loads(line)["epoch"] <= epochs_done
-        ]
+        keep, warning = self.kept_metrics
+        if warning:
+            self.progress.log(warning)
         with atomic_write(path) as fh:
             fh.write("".join(line + "\n" for line in keep).encode())
 
@@ -393,7 +397,7 @@ class Trainer:
         result = evaluate(acc, best, self.val_images, self.val_labels, self.cfg.eval_batch_size, self.cfg.tta)
         if not in_sync:
             self.progress.log(
-                f"[red]{self.cfg.model}: the ranks' final weights differ; DDP did not keep them in sync"
+                f"warning: {self.cfg.model}: the ranks' final weights differ; DDP did not keep them in sync"
             )
         if acc.is_main_process:
             save_predictions(self.run_dir, result.labels, result.probs)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -165,4 +164,4 @@ def print_leaderboard(
         table.add_row(*(Text(column.render(row)) for column in COLUMNS), style=style)  # Text: no markup
     console.print(table)
     if best is not None:
-        console.print(f"best: [bold]{escape(best.name)}[/bold] ({SELECTION_RULE})")
+        console.print(Text.assemble("best: ", (best.name, "bold"), f" ({SELECTION_RULE})"))

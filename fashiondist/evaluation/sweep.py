@@ -1,7 +1,7 @@
 """The evaluation stage's entry points: a whole sweep after training, or one run directory.
 
-    report_sweep(Path("runs/sweep"), [Path("runs/sweep/cnn"), Path("runs/sweep/convnet")], Console())
-    evaluate_path(Path("runs/sweep"), Console())        # what `fashiondist evaluate PATH` calls
+    report_sweep(Path("runs/sweep"), [Path("runs/sweep/cnn"), Path("runs/sweep/convnet")], results_console())
+    evaluate_path(Path("runs/sweep"), results_console())        # what `fashiondist evaluate PATH` calls
 
 A sweep writes, per variant, evaluation.json and the four plots into its run directory, and into the sweep
 directory the comparison plot, leaderboard.{md,csv,json}, best.json (the export stage's input) and

@@ -13,6 +13,7 @@ from fashiondist.errors import InputError
 from fashiondist.inference.predict import predict_csv
 from fashiondist.inference.session import ModelSession, open_session
 from fashiondist.inference.submission import open_submission
+from fashiondist.output_paths import check_output_file
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ def infer_csv(
     csv_path, out = Path(csv_path), Path(out)
     if out.resolve() == csv_path.resolve():
         raise InputError(f"--out {out}: is the input CSV; choose another file name")
+    check_output_file(out, "--out")
     model = model or open_session(model_path, provider, threads)
     correct = labelled = 0
     with open_submission(out, model.num_classes if probs else None) as writer:

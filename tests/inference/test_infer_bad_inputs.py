@@ -184,7 +184,7 @@ def test_out_directory_must_exist(onnx_model: Path, sample_test_csv: Path, tmp_p
     code, err = _run_infer(sample_test_csv, onnx_model, out, capsys)
     assert (code, err) == (
         2,
-        f"fashiondist: error: {out}: the output directory {out.parent} does not exist\n",
+        f"fashiondist: error: --out {out}: the output directory {out.parent} does not exist\n",
     )
 
 
