@@ -134,7 +134,7 @@ image_size() {
     "${engine[@]}" image inspect --format '{{.Size}}' "$1" | awk '{ printf "%.2f GB", $1 / 1e9 }'
 }
 
-in_image() { # in_image IMAGE [run flags...] -- ARGS...: run as the non-root user with runs/ and data/ mounted
+in_image() { # in_image IMAGE [run flags...] -- ARGS...: as the non-root user, runs/ and data/ mounted, offline
     local image=$1
     shift
     local extra=()
@@ -143,7 +143,7 @@ in_image() { # in_image IMAGE [run flags...] -- ARGS...: run as the non-root use
         shift
     done
     shift
-    "${engine[@]}" run --rm "${flags[@]}" "${user_flags[@]}" "${extra[@]}" \
+    "${engine[@]}" run --rm --network none "${flags[@]}" "${user_flags[@]}" "${extra[@]}" \
         -v "$work/runs:/opt/fashiondist/runs" -v "$work/data:/opt/fashiondist/data:ro" "$image" "$@"
 }
 
@@ -191,7 +191,7 @@ owned_by_caller() {
 same_submission() {
     "$HOST_PYTHON" -m fashiondist infer "$work/data/testX.csv.gz" --model "$work/runs/demo/model.onnx" \
         --out "$work/host/submission.csv"
-    cmp "$work/host/submission.csv" "$work/runs/infer/submission.csv" \
+    cmp "$work/host/submission.csv" "$work/runs/submission.csv" \
         || fail "the CPU image's submission differs from the host's (same model.onnx)"
     say "the container's and the host's submissions are identical ($(wc -l <"$work/host/submission.csv") lines)"
 }
@@ -217,7 +217,7 @@ step "cpu: fashiondist models" in_image fashiondist:cpu -- models
 step "cpu: the main job on the sample" in_image fashiondist:cpu -- \
     train --models all --config launch/experiments/demo.yaml --test data/testX.csv.gz --out runs/demo
 step "cpu: fashiondist infer" in_image fashiondist:cpu -- \
-    infer data/testX.csv.gz --model runs/demo/model.onnx --out runs/infer/submission.csv
+    infer data/testX.csv.gz --model runs/demo/model.onnx --out runs/submission.csv
 step "gpu: launch/gpu_check.sh (smoke, on the CPU)" in_image fashiondist:gpu \
     -e GPU_CHECK_SMOKE=1 -e OUT=/opt/fashiondist/runs/gpu_check --entrypoint bash -- launch/gpu_check.sh
 step "runs/ belongs to the caller" owned_by_caller
