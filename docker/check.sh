@@ -21,9 +21,9 @@
 # larger). Work files go to a temporary directory (CHECK_KEEP=1 keeps it).
 #
 # Every build downloads its wheels, as a user's does: a machine's local wheel store is not mounted into the
-# build. Measured on 2 shared cores: the 2.9 GB torch closure downloads from PyPI in about 95 s, a fifth of
-# an image's 420-480 s build; the rest is unpacking and committing the layers, which local wheels would not
-# save.
+# build, so the check builds what a user's build would. Measured on 2 shared cores: the 2.9 GB torch closure
+# downloads from PyPI in about 95 s, of an image build that took 210-480 s (with the machine's load); local
+# wheels would save up to about 3 minutes of a whole check that stays far inside CI's 40.
 #
 # Flags every `build` and `run` gets on this machine kind (podman from Debian 12, cgroups v1): the
 # default nproc limit cannot be set (`setrlimit: operation not permitted`). Docker accepts the same flags.
