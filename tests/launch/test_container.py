@@ -1,8 +1,9 @@
 """Both images really built and used: docker/check.sh, run as a test (its header says what it checks).
 
 It needs a container engine (a docker daemon, or podman: `apt-get install podman runc mmdebstrap`) and
-network access to PyPI, and takes about 15 minutes on 2 cores (14 measured). Without an engine it skips and says why,
-except under CI=true, where a missing engine fails the run. `pytest -m "not container"` leaves it out.
+network access to PyPI, and takes about 15 minutes on 2 cores (14 measured). Without an engine it skips and
+says why, except under CI=true, where a missing engine fails the run. `pytest -m "not container"` leaves it
+out.
 """
 
 from __future__ import annotations
