@@ -56,7 +56,31 @@ def run_main_job(
     job = MainJob(runs, main_process, preempted)
     if parent is not None and main_process and not preempted:
         job.shipment = ship(runs, parent, configs[0].data, test_csv, quantize, results or Console(), log)
+    if parent is not None and main_process:
+        _finish_record(parent, job)
     return job
+
+
+def _begin_record(parent: Path, configs: list[TrainConfig], accelerator, data) -> None:
+    """parent/run.json: the multi-model run as a whole (each variant's directory has its own)."""
+    from fashiondist.data.digest import data_record
+    from fashiondist.engine import run_record
+    from fashiondist.hardware import this_machine_precision
+
+    parent.mkdir(parents=True, exist_ok=True)
+    variants = {cfg.model: cfg.to_dict() for cfg in configs}
+    choice = this_machine_precision(configs[0].precision)
+    resumed = any(cfg.resume for cfg in configs)
+    run_record.begin(parent, None, accelerator, data_record(data), choice, variants=variants, resumed=resumed)
+
+
+def _finish_record(parent: Path, job: MainJob) -> None:
+    from fashiondist.engine import run_record
+
+    result = {r.model: {"best_val_acc": r.best_val_acc, "best_epoch": r.best_epoch} for r in job.runs}
+    if job.shipment is not None:
+        result = {"best": job.shipment.best.name, "variants": result, **job.shipment.summary}
+    run_record.finish(parent, "preempted" if job.preempted else "finished", result)
 
 
 def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> tuple[list, bool]:
@@ -68,6 +92,8 @@ def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> 
     accelerator = make_accelerator(configs[0], project_dir=parent or configs[0].run_dir())
     progress = TrainProgress(enabled=accelerator.is_main_process, quiet=configs[0].quiet, console=log)
     data = load_data(configs[0].data)
+    if parent is not None and accelerator.is_main_process:
+        _begin_record(parent, configs, accelerator, data)
     runs = []
     with progress:
         for cfg in configs:

@@ -27,7 +27,9 @@ def register(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=formatter(),
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with run.json, config.yaml, metrics.jsonl")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run directory with run.json, config.yaml, metrics.jsonl"
+    )
     p.add_argument("--epochs", type=positive_int, help="rerun and compare the first N epochs (default: all)")
     p.add_argument("--out", help="where the rerun is written (default: RUN_DIR-reproduce; must be empty)")
     p.add_argument(

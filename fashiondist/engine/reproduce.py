@@ -84,7 +84,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text().splitlines()
     except OSError as err:
-        raise InputError(f"{path}: cannot read the recorded metrics ({err.strerror or err})")
+        raise InputError(f"{path}: cannot read the recorded metrics ({err.strerror or err})") from None
     records = []
     for number, line in enumerate(lines, 1):
         try:
@@ -92,7 +92,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             if not isinstance(record, dict) or record.get("epoch") != number:
                 raise ValueError(f"expected the record of epoch {number}")
         except ValueError as err:
-            raise InputError(f"{path}, line {number}: not an epoch's metrics ({err})")
+            raise InputError(f"{path}, line {number}: not an epoch's metrics ({err})") from None
         records.append(record)
     return records
 
@@ -102,7 +102,7 @@ def compare_metrics(recorded: list[dict[str, Any]], rerun: list[dict[str, Any]])
     diffs = []
     for metric in TOLERANCE:
         worst, where = 0.0, None
-        for old, new in zip(recorded, rerun):
+        for old, new in zip(recorded, rerun, strict=True):
             diff = abs(float(old[metric]) - float(new[metric]))
             if diff > worst or (where is None and old[metric] != new[metric]):
                 worst, where = diff, old["epoch"]
@@ -131,7 +131,11 @@ def _rerun_config(run_dir: Path, record: dict[str, Any], out: Path, overrides: d
 
 def _config_changes(recorded: dict[str, Any], rerun: dict[str, Any]) -> list[str]:
     keys = [k for k in dict.fromkeys([*recorded, *rerun]) if k not in _PLACE_KEYS]
-    return [f"config {k}: {recorded.get(k)!r} -> {rerun.get(k)!r}" for k in keys if recorded.get(k) != rerun.get(k)]
+    return [
+        f"config {k}: {recorded.get(k)!r} -> {rerun.get(k)!r}"
+        for k in keys
+        if recorded.get(k) != rerun.get(k)
+    ]
 
 
 def _precision_change(recorded: dict[str, Any], rerun: dict[str, Any]) -> list[str]:
@@ -147,16 +151,16 @@ def _verdict(rep: Reproduction) -> str:
     if rep.identical:
         also = f" (although {causes})" if rep.causes else " (same machine kind, software and settings)"
         return f"bitwise identical over {n}{also}"
-    worst = ", ".join(f"{d.metric} {d.max_abs_diff:.3g} (epoch {d.epoch})" for d in rep.diffs if d.max_abs_diff)
+    worst = ", ".join(
+        f"{d.metric} {d.max_abs_diff:.3g} (epoch {d.epoch})" for d in rep.diffs if d.max_abs_diff
+    )
     if not rep.causes:
         return (
             f"NOT reproduced: the numbers differ over {n} ({worst}) on the same machine kind, software and "
             "settings; that is a bug in fashiondist's determinism, please report it"
         )
     tolerance = "within" if rep.exit_code == 0 else "BEYOND"
-    return (
-        f"differs over {n} ({worst}), {tolerance} the tolerance for another environment; what differs: {causes}"
-    )
+    return f"differs over {n} ({worst}), {tolerance} the tolerance for another environment; what differs: {causes}"
 
 
 def reproduce_run(
@@ -169,6 +173,11 @@ def reproduce_run(
     """Rerun `run_dir` (its first `epochs` epochs, default all it recorded) into `out` and compare."""
     run_dir = Path(run_dir)
     record = read_run_record(run_dir)
+    if record["variants"]:
+        first = next(iter(record["variants"]))
+        raise InputError(
+            f"{run_dir}: a multi-model run; reproduce one of its variants, e.g. {run_dir / first}"
+        )
     recorded = read_metrics(run_dir / METRICS_FILE)
     epochs = len(recorded) if epochs is None else epochs
     if not 1 <= epochs <= len(recorded):

@@ -25,8 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fashiondist import __version__
 from fashiondist.atomic_io import write_json
 from fashiondist.errors import InputError
@@ -41,7 +39,9 @@ NUMERIC_ENV = (
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
     "CUBLAS_WORKSPACE_CONFIG", "NVIDIA_TF32_OVERRIDE", "ACCELERATE_MIXED_PRECISION",
 )  # fmt: skip
-GIT_TIMEOUT_S = 0.5  # `git status` of this small tree takes ~10 ms; a hung or slow git is not worth waiting for
+GIT_TIMEOUT_S = (
+    0.5  # `git status` of this small tree takes ~10 ms; a hung or slow git is not worth waiting for
+)
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding fashiondist/: a checkout's root
 
 
@@ -52,7 +52,11 @@ def _now() -> str:
 def git_state(root: Path = PACKAGE_ROOT) -> dict[str, Any]:
     """{"commit", "dirty", "note"}: the checkout the code runs from, or why there is no commit to name."""
     if not (root / ".git").exists():  # a directory in a clone, a file in a worktree
-        return {"commit": None, "dirty": None, "note": "not running from a git checkout (an installed package)"}
+        return {
+            "commit": None,
+            "dirty": None,
+            "note": "not running from a git checkout (an installed package)",
+        }
     git = shutil.which("git")
     if git is None:
         return {"commit": None, "dirty": None, "note": "a git checkout, but git is not installed"}
@@ -86,6 +90,8 @@ def package_versions() -> dict[str, str | None]:
 
 def machine() -> dict[str, Any]:
     """The CPU, the GPUs, and what PyTorch does on them (kernels, threads), through `fashiondist.hardware`."""
+    import torch  # here, so that reading a record (evaluate, export, the report) does not import torch
+
     cpu = read_cpu()
     return {
         "platform": platform.platform(),
@@ -101,6 +107,8 @@ def machine() -> dict[str, Any]:
 
 def environment(accelerator: Any) -> dict[str, Any]:
     """Everything about this process that is not the config or the data."""
+    import torch
+
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     return {
         "fashiondist": {"version": __version__, **git_state()},
@@ -118,15 +126,19 @@ def environment(accelerator: Any) -> dict[str, Any]:
 
 def begin(
     run_dir: Path,
-    config: dict[str, Any],
+    config: dict[str, Any] | None,
     accelerator: Any,
     data: dict[str, Any],
     precision: PrecisionChoice,
-    variants: list[str] | None = None,
+    variants: dict[str, dict[str, Any]] | None = None,
     resumed: bool = False,
 ) -> dict[str, Any]:
     """Write run_dir/run.json at the start of a run (status "running"); a resumed run keeps its first record
-    and adds the resume (time, command line, environment) to it."""
+    and adds the resume (time, command line, environment) to it.
+
+    A variant's run has its `config`; the parent directory of a multi-model run has `variants` instead
+    (model name -> config), and each variant's directory has its own run.json.
+    """
     now = _now()
     earlier = read_run_record(run_dir) if resumed and (run_dir / RUN_FILE).is_file() else None
     env = environment(accelerator)
@@ -145,7 +157,7 @@ def begin(
         "environment": env,
         "data": data,
         "seeds": {
-            "seed": config["seed"],
+            "seed": config["seed"] if config else sorted({c["seed"] for c in variants.values()}),
             # the split, the initial weights, every epoch's permutation and augmentation, and the dropout
             # masks (per optimizer step and rank) all derive from the one seed
             "derived": "split, initial weights, epoch order and augmentation, dropout per (step, rank)",
@@ -172,9 +184,11 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file (runs made before fashiondist recorded run.json have none)")
+        raise InputError(
+            f"{path}: no such file (runs made before fashiondist recorded run.json have none)"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a readable run record ({err})")
+        raise InputError(f"{path}: not a readable run record ({err})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise InputError(f"{path}: not a run record of format {FORMAT}")
     return record
@@ -187,6 +201,13 @@ def find_run_record(checkpoint: str | Path) -> dict[str, Any] | None:
         if (directory / RUN_FILE).is_file():
             return read_run_record(directory)
     return None
+
+
+def describe_run(run_dir: str | Path) -> dict[str, str] | None:
+    """`describe` of run_dir/run.json; None for a run made before fashiondist recorded one."""
+    if not (Path(run_dir) / RUN_FILE).is_file():
+        return None
+    return describe(read_run_record(run_dir))
 
 
 def describe(record: dict[str, Any]) -> dict[str, str]:
