@@ -10,7 +10,7 @@ schedule still spans the recorded epochs, so the first N epochs are the recorded
 names its environment; the verdict lists what differs from the recorded one.
 
 On the CPU a run is deterministic: the same machine kind, software, thread count and precision give bitwise
-the same metrics. Anything else (another CPU kind or ATen kernels, another torch, another thread count,
+the same metrics (on GPUs, cuDNN and atomic adds may not: GPU_NOISE). Anything else (another CPU kind or ATen kernels, another torch, another thread count,
 another precision, GPUs) changes the order of floating-point sums; the first epochs then differ by at most
 TOLERANCE, which is the spread seen between such environments on the sample over a few epochs, well
 inside the run-to-run spread of seeds. Step, val_count and lr are exact everywhere.
@@ -43,6 +43,11 @@ TOLERANCE = {
     "val_loss": 0.1,
     "val_acc": 0.03,
 }
+# Why two runs on the same GPU kind may differ: what the verdict says when nothing else differs.
+GPU_NOISE = (
+    "CUDA kernels: cuDNN's algorithm choice and atomic adds are not bitwise repeatable from run to run "
+    "(torch.use_deterministic_algorithms is not forced: it is slower)"
+)
 # config keys that say where and how a run is shown, not what it computes
 _PLACE_KEYS = ("out", "resume", "data", "quiet", "log_with")
 
@@ -207,6 +212,8 @@ def reproduce_run(
         *_precision_change(record, rerun_record),
         *_config_changes(record["config"], rerun_record["config"]),
     ]
+    if not rep.identical and not rep.causes and rerun_record["environment"]["machine"]["gpus"]:
+        rep.causes.append(GPU_NOISE)
     rep.verdict = _verdict(rep)
     return rep
 
