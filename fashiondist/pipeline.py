@@ -50,12 +50,15 @@ def run_main_job(
     results: Console | None = None,
 ) -> MainJob:
     """Train `configs` one after the other; with a `parent` (a multi-model run) ship the best of them."""
+    from fashiondist.engine.run_record import failure_recorded
+
     log = Console(stderr=True)
     runs, main_process = train_all(configs, parent, log)
     preempted = bool(runs and runs[-1].preempted_by)
     job = MainJob(runs, main_process, preempted)
     if parent is not None and main_process and not preempted:
-        job.shipment = ship(runs, parent, configs[0].data, test_csv, quantize, results or Console(), log)
+        with failure_recorded(parent, main_process):
+            job.shipment = ship(runs, parent, configs[0].data, test_csv, quantize, results or Console(), log)
     if parent is not None and main_process:
         _finish_record(parent, job)
     return job
@@ -87,6 +90,7 @@ def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> 
     """(one RunResult per variant, whether this is the main process); stops after a preempted variant."""
     from fashiondist.data.sources import load_data
     from fashiondist.engine.progress import TrainProgress
+    from fashiondist.engine.run_record import failure_recorded
     from fashiondist.engine.trainer import Trainer, make_accelerator
 
     accelerator = make_accelerator(configs[0], project_dir=parent or configs[0].run_dir())
@@ -95,11 +99,12 @@ def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> 
     if parent is not None and accelerator.is_main_process:
         _begin_record(parent, configs, accelerator, data)
     runs = []
-    with progress:
+    with progress, failure_recorded(parent, accelerator.is_main_process):
         for cfg in configs:
             if cfg.log_with:
                 accelerator.init_trackers(cfg.model, config=cfg.to_dict())
-            run = Trainer(cfg, accelerator, data, progress).run()
+            with failure_recorded(cfg.run_dir(), accelerator.is_main_process):
+                run = Trainer(cfg, accelerator, data, progress).run()
             if cfg.log_with:
                 accelerator.end_training()
             accelerator.free_memory()

@@ -28,7 +28,7 @@ from fashiondist.config import TrainConfig, apply_overrides, load_saved_config
 from fashiondist.data.digest import data_digest
 from fashiondist.data.sources import load_data
 from fashiondist.engine.progress import TrainProgress
-from fashiondist.engine.run_record import environment_differences, read_run_record
+from fashiondist.engine.run_record import environment_differences, failure_recorded, read_run_record
 from fashiondist.engine.trainer import Trainer, make_accelerator
 from fashiondist.errors import InputError
 
@@ -221,7 +221,8 @@ def reproduce_run(
 def _train(cfg: TrainConfig, data, epochs: int, quiet: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train the first `epochs` epochs of `cfg`; (its metrics, its run.json)."""
     accelerator = make_accelerator(cfg, project_dir=cfg.run_dir())
-    with TrainProgress(enabled=accelerator.is_main_process, quiet=quiet) as progress:
+    main = accelerator.is_main_process
+    with TrainProgress(enabled=main, quiet=quiet) as progress, failure_recorded(cfg.run_dir(), main):
         Trainer(cfg, accelerator, data, progress, epoch_limit=epochs).run()
     out = cfg.run_dir()
     return read_metrics(out / METRICS_FILE), read_run_record(out)

@@ -14,6 +14,7 @@ Every write is atomic (`fashiondist.atomic_io`), so a reader sees the old record
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -22,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +179,22 @@ def finish(run_dir: Path, status: str, result: dict[str, Any] | None = None) -> 
     record.update(status=status, finished=_now(), result=result)
     write_json(run_dir / RUN_FILE, record)
     return record
+
+
+@contextlib.contextmanager
+def failure_recorded(run_dir: Path | None, main_process: bool) -> Iterator[None]:
+    """A run that raises (a non-finite loss, a failed export, Ctrl-C) ends its run.json as "failed", with why.
+
+    Only the main process writes; `run_dir` None (no run directory of this kind) records nothing.
+    """
+    try:
+        yield
+    except BaseException as err:
+        if main_process and run_dir is not None and (run_dir / RUN_FILE).is_file():
+            with contextlib.suppress(Exception):  # the error being raised is the one to report
+                if read_run_record(run_dir)["status"] == "running":  # begun by this run, not an earlier one's
+                    finish(run_dir, "failed", {"error": f"{type(err).__name__}: {err}"})
+        raise
 
 
 def read_run_record(run_dir: str | Path) -> dict[str, Any]:

@@ -193,6 +193,8 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, small_csv):
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("fashiondist: error: cnn: non-finite loss at optimizer step "), line
     assert not (tmp_path / "nan" / "last").exists()
+    record = json.loads((tmp_path / "nan" / "run.json").read_text())
+    assert record["status"] == "failed" and "non-finite loss" in record["result"]["error"]
 
 
 def test_bf16_autocast_trains_and_evaluates_in_several_batches(tmp_path, small_csv):
