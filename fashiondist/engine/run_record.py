@@ -146,7 +146,8 @@ def begin(
     env = environment(accelerator)
     if earlier is not None:
         earlier["status"] = "running"
-        earlier.setdefault("resumes", []).append({"time": now, "command": sys.argv, "environment": env})
+        resume = {"time": now, "command": sys.argv, "environment": env, "data": data}
+        earlier.setdefault("resumes", []).append(resume)
         write_json(run_dir / RUN_FILE, earlier)
         return earlier
     record = {
