@@ -104,6 +104,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return None
         return _coerce(key, value, args[0])
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        # YAML reads an unquoted `no` (precision: no, --set precision=no) as false
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
         try:
             return hint(value.value if isinstance(value, enum.Enum) else str(value))
         except ValueError:

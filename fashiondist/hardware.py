@@ -254,3 +254,26 @@ def warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         print(f"fashiondist: warning: {message}", file=sys.stderr)
+
+
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"
+
+
+def cuda_versions(driver_file: str = NVIDIA_DRIVER_FILE) -> dict[str, str | None]:
+    """The CUDA runtime torch was built with and the NVIDIA driver's version (None where there is none).
+
+    The driver comes from the kernel module's version file (Linux), so no NVML library is needed.
+    """
+    try:
+        import torch
+
+        runtime = torch.version.cuda
+    except ImportError:
+        runtime = None
+    try:
+        with open(driver_file) as fh:
+            first = fh.readline()  # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar ..."
+    except OSError:
+        first = ""
+    numbers = [word for word in first.split() if word[:1].isdigit() and "." in word]
+    return {"cuda": runtime, "driver": numbers[0] if numbers else None}

@@ -51,15 +51,42 @@ def run_main_job(
     results: Console | None = None,
 ) -> MainJob:
     """Train `configs` one after the other; with a `parent` (a multi-model run) ship the best of them."""
+    from fashiondist.engine.run_record import failure_recorded
+
     log = log_console()
     runs, main_process = train_all(configs, parent, log)
     preempted = bool(runs and runs[-1].preempted_by)
     job = MainJob(runs, main_process, preempted)
     if parent is not None and main_process and not preempted:
-        job.shipment = ship(
-            runs, parent, configs[0].data, test_csv, quantize, results or results_console(), log
-        )
+        with failure_recorded(parent, main_process):
+            job.shipment = ship(
+                runs, parent, configs[0].data, test_csv, quantize, results or results_console(), log
+            )
+    if parent is not None and main_process:
+        _finish_record(parent, job)
     return job
+
+
+def _begin_record(parent: Path, configs: list[TrainConfig], accelerator, data) -> None:
+    """parent/run.json: the multi-model run as a whole (each variant's directory has its own)."""
+    from fashiondist.data.digest import data_record
+    from fashiondist.engine import run_record
+    from fashiondist.hardware import this_machine_precision
+
+    parent.mkdir(parents=True, exist_ok=True)
+    variants = {cfg.model: cfg.to_dict() for cfg in configs}
+    choice = this_machine_precision(configs[0].precision)
+    resumed = any(cfg.resume for cfg in configs)
+    run_record.begin(parent, None, accelerator, data_record(data), choice, variants=variants, resumed=resumed)
+
+
+def _finish_record(parent: Path, job: MainJob) -> None:
+    from fashiondist.engine import run_record
+
+    result = {r.model: {"best_val_acc": r.best_val_acc, "best_epoch": r.best_epoch} for r in job.runs}
+    if job.shipment is not None:
+        result = {"best": job.shipment.best.name, "variants": result, **job.shipment.summary}
+    run_record.finish(parent, "preempted" if job.preempted else "finished", result)
 
 
 def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> tuple[list, bool]:
@@ -74,18 +101,25 @@ def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> 
     # one run at a time per directory: a multi-model run holds its parent, which holds every variant's
     lock = main_process_lock(accelerator, parent or configs[0].run_dir(), progress.log)
     with lock:
-        return _train_each(configs, accelerator, progress, load_data(configs[0].data))
+        data = load_data(configs[0].data)
+        if parent is not None and accelerator.is_main_process:
+            _begin_record(parent, configs, accelerator, data)
+        return _train_each(configs, parent, accelerator, progress, data)
 
 
-def _train_each(configs: list[TrainConfig], accelerator, progress, data) -> tuple[list, bool]:
+def _train_each(
+    configs: list[TrainConfig], parent: Path | None, accelerator, progress, data
+) -> tuple[list, bool]:
+    from fashiondist.engine.run_record import failure_recorded
     from fashiondist.engine.trainer import Trainer
 
     runs = []
-    with progress:
+    with progress, failure_recorded(parent, accelerator.is_main_process):
         for cfg in configs:
             if cfg.log_with:
                 accelerator.init_trackers(cfg.model, config=cfg.to_dict())
-            run = Trainer(cfg, accelerator, data, progress).run()
+            with failure_recorded(cfg.run_dir(), accelerator.is_main_process):
+                run = Trainer(cfg, accelerator, data, progress).run()
             if cfg.log_with:
                 accelerator.end_training()
             accelerator.free_memory()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from fashiondist.cli import main
@@ -38,6 +39,17 @@ def test_models_test_quantize_ship_the_best_and_submit_with_the_model_that_serve
     assert f"submission: {out / 'submission.csv'} (1,000 rows, {serving.name})" in stdout
     if not int8["accepted"]:
         assert "int8 model: int8 model refused" in stdout
+
+    # run.json: one for the multi-model run, one per variant, all on the same data; the model names both
+    parent = json.loads((out / "run.json").read_text())
+    assert parent["status"] == "finished" and list(parent["variants"]) == ["cnn", "convnet"]
+    assert parent["result"]["best"] == best["model"]
+    for name in ("cnn", "convnet"):
+        variant = json.loads((out / name / "run.json").read_text())
+        assert variant["status"] == "finished" and variant["config"]["model"] == name
+        assert variant["data"] == parent["data"] and variant["data"]["source"] == "sample"
+    props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert props["data_sha256"] == parent["data"]["sha256"]
 
     submitted = _submission(out / "submission.csv")
     np.testing.assert_array_equal(submitted[:, 0], read_competition_csv(SAMPLE_TEST).ids)  # input order

@@ -3,6 +3,7 @@
     fashiondist data info --data sample                     # what a data source holds
     fashiondist train --models all                          # train, select, export, report
     fashiondist infer testX.csv --model model.onnx --out submission.csv
+    fashiondist reproduce runs/convnet --epochs 2           # rerun a run, compare with its metrics
     fashiondist doctor                                      # this machine, and what fashiondist does on it
 
 Each command group lives in its own module with a `register(subparsers)` function; heavy imports (torch,
@@ -25,6 +26,7 @@ COMMAND_MODULES = (
     "fashiondist.cli.data",
     "fashiondist.cli.models",
     "fashiondist.cli.train",
+    "fashiondist.cli.reproduce",
     "fashiondist.cli.evaluate",
     "fashiondist.cli.export",
     "fashiondist.cli.infer",

@@ -29,9 +29,10 @@ from accelerate.utils import broadcast_object_list
 from fashiondist import __version__
 from fashiondist.atomic_io import atomic_write, write_json
 from fashiondist.config import TrainConfig, save_yaml
+from fashiondist.data.digest import data_record
 from fashiondist.data.sources import Dataset
 from fashiondist.data.split import stratified_split
-from fashiondist.engine import run_checkpoint
+from fashiondist.engine import run_checkpoint, run_record
 from fashiondist.engine.evaluate import EvalResult, evaluate, save_predictions
 from fashiondist.engine.preemption import PreemptionWatch
 from fashiondist.engine.prepared import TrainTally, prepare_training
@@ -91,7 +92,14 @@ class _EpochOutcome:
 class Trainer:
     """Trains one variant of `cfg` on `data` into `cfg.run_dir()`. Every rank constructs one."""
 
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, data: Dataset, progress: TrainProgress):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        accelerator: Accelerator,
+        data: Dataset,
+        progress: TrainProgress,
+        epoch_limit: int | None = None,  # stop after this many epochs (the schedule still spans cfg.epochs)
+    ):
         if data.labels is None:
             raise InputError(
                 f"--data {cfg.data}: has no labels, so it cannot be trained on",
@@ -103,6 +111,8 @@ class Trainer:
         self.run_dir = cfg.run_dir()
         self.num_classes = data.num_classes
         self.class_names = list(data.class_names)
+        self.epoch_limit = min(cfg.epochs, epoch_limit or cfg.epochs)
+        self.data_record = data_record(data) if accelerator.is_main_process else None
 
         train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
         # the validation split lives on the device too: uint8 [M, 1, H, W], int64 [M]
@@ -202,12 +212,16 @@ class Trainer:
                 self.progress.log(f"removed {stray}, left by a run that crashed while saving")
             save_yaml(cfg, self.run_dir / "config.yaml")
             self._truncate_metrics()
+            run_record.begin(
+                self.run_dir, cfg.to_dict(), acc, self.data_record, this_machine_precision(cfg.precision),
+                resumed=self.resumed_from is not None,
+            )  # fmt: skip
         acc.wait_for_everyone()
         self._announce()
         run_start = time.perf_counter()
         preempted = None
         with PreemptionWatch() as watch:
-            while state.epoch < cfg.epochs:
+            while state.epoch < self.epoch_limit:
                 preempted = self._train_epoch(watch)
                 if preempted:
                     break
@@ -222,6 +236,8 @@ class Trainer:
             )
         else:
             self._finish()
+        if acc.is_main_process:
+            run_record.finish(self.run_dir, "preempted" if preempted else "finished", self._record_result())
         return RunResult(
             self.run_dir, cfg.model, state.best_val_acc, state.best_epoch, state.epoch, state.train_seconds,
             self._images_per_s(), preempted,
@@ -383,6 +399,10 @@ class Trainer:
             self.progress.log(warning)
         with atomic_write(path) as fh:
             fh.write("".join(line + "\n" for line in keep).encode())
+
+    def _record_result(self) -> dict[str, Any]:
+        state = self.state
+        return {"epochs": state.epoch, "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch}
 
     def _images_per_s(self) -> float:
         done = self.state.step * self.cfg.batch_size

@@ -18,6 +18,7 @@ from typing import Any
 
 from fashiondist import __version__
 from fashiondist.atomic_io import write_text
+from fashiondist.engine.run_record import describe_run
 from fashiondist.evaluation.leaderboard import COLUMNS, SELECTION_RULE, leaderboard_rows, rank
 from fashiondist.evaluation.plots import PLOT_FILES
 from fashiondist.evaluation.scores import VariantResult
@@ -63,6 +64,9 @@ def write_html_report(
         )
     if extra:
         sections.append(("export", "Export and submission", _key_value_table(extra)))
+    run = describe_run(parent_dir)
+    if run is not None:
+        sections.append(("run", "How the run was made (run.json)", _key_value_table(run)))
     for index, result in enumerate(rank(results)):
         sections.append((f"variant-{index}", _variant_title(result), _variant_body(result)))
     title = f"fashiondist report: {parent_dir.resolve().name}"

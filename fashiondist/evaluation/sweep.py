@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from fashiondist.engine.run_record import describe_run
 from fashiondist.errors import InputError
 from fashiondist.evaluation.html import write_html_report
 from fashiondist.evaluation.leaderboard import pick_best, print_leaderboard, write_best, write_leaderboard
@@ -73,6 +74,7 @@ def report_run(run_dir: str | Path, console: Console) -> VariantResult:
     report = write_html_report(result.run_dir, [result], result)
     print_leaderboard(console, [result])
     print_class_report(console, result)
+    print_run_record(console, result.run_dir)
     console.print(f"report: {report}", highlight=False, markup=False)
     return result
 
@@ -93,7 +95,21 @@ def evaluate_path(path: str | Path, console: Console) -> list[VariantResult]:
             hint="pass a directory written by `fashiondist train`, e.g. runs/convnet",
         )
     results, _ = report_sweep(path, children, console)
+    print_run_record(console, path)
     return results
+
+
+def print_run_record(console: Console, run_dir: Path) -> None:
+    """How the run was made (its run.json), when it has one."""
+    run = describe_run(run_dir)
+    if run is None:
+        return
+    table = Table(title=f"{Path(run_dir).name}: how the run was made (run.json)", show_header=False)
+    table.add_column("item")
+    table.add_column("value")
+    for key, value in run.items():
+        table.add_row(key, Text(value))
+    console.print(table)
 
 
 def print_class_report(console: Console, result: VariantResult) -> None:

@@ -26,6 +26,7 @@ from torch import nn
 
 from fashiondist.atomic_io import write_bytes, write_json
 from fashiondist.config import Tta
+from fashiondist.engine.run_record import find_run_record
 from fashiondist.errors import FashiondistError, InputError
 from fashiondist.export.graph import (
     MIN_IMAGES_PER_SIZE,
@@ -181,9 +182,8 @@ def export_checkpoint(
             f"--quantize int8: the check images have labels up to {labels.max()} but the model has "
             f"{meta['num_classes']} classes; check it on data labelled like its training data (--data)"
         )
-    report = export_model(
-        model, out_path, metadata=model_metadata(meta, tta), images=images, opset=opset, tta=tta, log=log
-    )
+    metadata = model_metadata(meta, tta, run=find_run_record(checkpoint))
+    report = export_model(model, out_path, metadata=metadata, images=images, opset=opset, tta=tta, log=log)
     if quantize:
         report.int8 = quantize_int8(
             out_path,

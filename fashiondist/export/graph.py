@@ -42,8 +42,11 @@ PARITY_BATCH_SIZES = (1, 7, 256)
 MIN_IMAGES_PER_SIZE = 64  # each size sees max(size, 64) images (batch 7: 9 full batches + one of 1)
 
 
-def model_metadata(meta: Mapping[str, Any], tta: Tta = Tta.NONE) -> dict[str, str]:
-    """metadata_props for a checkpoint's `model.json` meta (name, kwargs, num_classes, class_names, metric)."""
+def model_metadata(
+    meta: Mapping[str, Any], tta: Tta = Tta.NONE, run: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """metadata_props for a checkpoint's `model.json` meta (name, kwargs, num_classes, class_names, metric)
+    and, from its run's run.json (`run`), the training data's sha256 and the commit the run was made from."""
     val_acc = (meta.get("metric") or {}).get("val_acc")
     metadata = {
         "fashiondist_version": __version__,
@@ -61,7 +64,22 @@ def model_metadata(meta: Mapping[str, Any], tta: Tta = Tta.NONE) -> dict[str, st
     }
     if meta.get("epoch") is not None:
         metadata["epoch"] = str(meta["epoch"])
+    metadata.update(run_provenance(run))
     return metadata
+
+
+def run_provenance(run: Mapping[str, Any] | None) -> dict[str, str]:
+    """`data_sha256` and `run_commit` (`<sha>`, `<sha>-dirty`, or `unknown (why)`) of a run.json record."""
+    if run is None:
+        unknown = "unknown (the checkpoint's run has no run.json)"
+        return {"data_sha256": unknown, "run_commit": unknown}
+    package = run["environment"]["fashiondist"]
+    commit = package["commit"]
+    if commit is None:
+        commit = f"unknown ({package['note']})"
+    elif package["dirty"]:
+        commit += "-dirty"
+    return {"data_sha256": run["data"]["sha256"], "run_commit": commit}
 
 
 def to_onnx(

@@ -93,6 +93,8 @@ def test_two_rank_ddp_matches_one_process(tmp_path, small_csv):
     _assert_close(_weights(tmp_path / "single"), _weights(tmp_path / "ddp"), rtol=1e-4, atol=1e-5)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True
+    distributed = json.loads((tmp_path / "ddp" / "run.json").read_text())["environment"]["distributed"]
+    assert distributed["world_size"] == 2 and distributed["backend"] == "gloo"
     one, two = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
     assert [m["val_count"] for m in two] == [m["val_count"] for m in one]
     one_image = 1 / one[0]["val_count"]
@@ -176,7 +178,12 @@ def test_sigterm_saves_a_resumable_checkpoint_mid_epoch(tmp_path, small_csv):
     leftovers = [p.name for p in (tmp_path / "cut").rglob("*") if "tmp" in p.name or p.name.startswith(".")]
     leftovers.remove(".last.prev")  # last/ as it was before the save: the fallback for a damaged last/
     assert leftovers == [], f"partial files left behind: {leftovers}"
+    cut = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert cut["status"] == "preempted" and cut["result"]["epochs"] == state["epoch"]
     _ok(_train(tmp_path / "cut", small_csv, *args, "--resume", "auto"))
+    record = json.loads((tmp_path / "cut" / "run.json").read_text())  # the first start, and the resume
+    assert record["status"] == "finished" and record["started"] == cut["started"]
+    assert [r["command"][-2:] for r in record["resumes"]] == [["--resume", "auto"]]
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "cut")
     assert all(np.array_equal(a[k], b[k]) for k in a), "the resumed run must end bitwise as the straight one"
 
@@ -187,6 +194,8 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, small_csv):
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("fashiondist: error: cnn: non-finite loss at optimizer step "), line
     assert not (tmp_path / "nan" / "last").exists()
+    record = json.loads((tmp_path / "nan" / "run.json").read_text())
+    assert record["status"] == "failed" and "non-finite loss" in record["result"]["error"]
 
 
 def test_bf16_autocast_trains_and_evaluates_in_several_batches(tmp_path, small_csv):
