@@ -149,7 +149,9 @@ def run_export_csv(args: argparse.Namespace) -> int:
     # check DIR and load (so validate) every part before writing anything: a bad source leaves DIR untouched
     out = check_output_dir(args.out, "--out")
     parts = [load_data(args.data, split=split) for split in available_splits(args.data)]
-    targets = [check_output_file(out / _csv_name(part.split), "--out") for part in parts]
+    targets = [out / _csv_name(part.split) for part in parts]
+    if out.is_dir():  # a directory still to be made has nothing in the way; an existing one may
+        targets = [check_output_file(target, "--out") for target in targets]
     out.mkdir(parents=True, exist_ok=True)
     written = Table(title=f"{args.data} as competition CSVs")
     for name in ("file", "rows", "bytes"):

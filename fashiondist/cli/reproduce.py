@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fashiondist.cli._common import formatter, positive_int, stdout_console
+from fashiondist.cli._common import formatter, positive_int
 
 EXAMPLES = """\
 examples:
@@ -43,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from fashiondist.config import parse_set_options
+    from fashiondist.consoles import results_console
     from fashiondist.engine.reproduce import TOLERANCE, reproduce_run
 
     rep = reproduce_run(args.run_dir, args.epochs, args.out, parse_set_options(args.set))
-    out = stdout_console()
+    out = results_console()
     table = Table(title=f"{rep.run_dir} vs {rep.out_dir}, epochs 1-{rep.epochs}")
     for header in ("metric", "largest |difference|", "at epoch", "tolerance elsewhere"):
         table.add_column(header, justify="left" if header == "metric" else "right")
