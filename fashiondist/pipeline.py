@@ -49,7 +49,8 @@ def run_main_job(
     quantize: str | None = None,
     results: Console | None = None,
 ) -> MainJob:
-    """Train `configs` one after the other; with a `parent` (a multi-model run) ship the best of them."""
+    """Train `configs` one after the other; with a `parent` (a multi-model run, or one variant's own run
+    directory under `--model X --test T`) ship the best of them."""
     log = Console(stderr=True)
     runs, main_process = train_all(configs, parent, log)
     preempted = bool(runs and runs[-1].preempted_by)

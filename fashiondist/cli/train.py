@@ -15,6 +15,7 @@ examples:
   fashiondist train --model cnn-dropout --epochs 5   # precision auto: bf16 where the hardware has it
   fashiondist train --models all --config launch/experiments/demo.yaml --test testX.csv
   fashiondist train --models convnet,cnn-dropout --test testX.csv --quantize int8   # submit with the int8 model
+  fashiondist train --model convnet --test testX.csv   # one variant: runs/convnet gets model.onnx, submission.csv
   fashiondist train --model convnet --data ../data/fashion-mnist --set model_kwargs.width=1.5
   fashiondist train --model convnet --resume auto    # continue runs/convnet/last if it is there
 
@@ -79,11 +80,16 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. --set model_kwargs.width=2")
     p.add_argument("--log-with", help="an accelerate tracker (tensorboard, wandb, mlflow, ...)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar; one line per epoch (for log files)")
-    p.add_argument("--test", metavar="CSV", help="with --models: write OUT/submission.csv for this testX.csv with the best model")
+    p.add_argument(
+        "--test",
+        metavar="CSV",
+        help="export the best model (--models) or the one model (--model: into its run directory) and write "
+        "OUT/submission.csv for this testX.csv with it",
+    )
     p.add_argument(
         "--quantize",
         choices=["int8"],
-        help="with --models: also export OUT/model.int8.onnx (kept if within 0.5 points of fp32) and infer --test with it",
+        help="with --models or --test: also export OUT/model.int8.onnx (kept if within 0.5 points of fp32) and infer --test with it",
     )
     p.set_defaults(func=run)
 
@@ -113,10 +119,10 @@ def run(args: argparse.Namespace) -> int:
     from fashiondist.models.registry import model_recipe
 
     names, multi = _model_names(args)
-    if args.test and not multi:
-        raise InputError("--test needs --models (the multi-model run exports its best variant and infers with it)")
-    if args.quantize and not multi:
-        raise InputError("--quantize needs --models (for one run, use `fashiondist export RUN --quantize int8`)")
+    if args.quantize and not (multi or args.test):
+        raise InputError(
+            "--quantize needs --models or --test (for one run alone, use `fashiondist export RUN --quantize int8`)"
+        )
     if args.test and not Path(args.test).is_file():
         raise InputError(f"--test {args.test}: no such file (checked before training, not after it)")
     flags = {key: getattr(args, key) for key in _FLAG_KEYS}
@@ -130,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         if parent is not None:
             cfg.out = str(parent / cfg.model)
         configs.append(cfg)
+    if args.test and not multi:
+        parent = configs[0].run_dir()  # one variant ships from its own run directory
     _check_sweep_wide(configs)
     from fashiondist.pipeline import run_main_job
 
