@@ -34,6 +34,7 @@ SIGTERM or SIGUSR1 saves OUT/last at the next step and exits 0; rerun with --res
 _FLAG_KEYS = (
     "data", "epochs", "batch_size", "grad_accum", "precision", "lr", "optimizer", "schedule", "label_smoothing",
     "ema", "augment", "seed", "val_fraction", "out", "resume", "log_with", "quiet", "tta", "early_stop",
+    "compile",
 )  # fmt: skip
 
 
@@ -63,6 +64,13 @@ def register(subparsers) -> None:
         help="mixed precision; auto (default): a mixed precision the accelerate config sets, else bf16 on GPUs that "
         "have it (fp16 on older ones), bf16 on CPUs with native bf16 (avx512_bf16, amx_bf16), else no (fp32); "
         "`fashiondist doctor` says what auto picks here and why",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model for training (accelerate's dynamo plugin, inductor; needs a C compiler on "
+        "the CPU); checkpoints and exports are the plain module's",
     )
     p.add_argument("--lr", type=float, help="peak learning rate at the given global batch size")
     p.add_argument("--optimizer", choices=[m.value for m in Optimizer])
@@ -171,7 +179,7 @@ def _check_sweep_wide(configs) -> None:
     """Settings fixed for a process's life (its Accelerator) must agree across the variants of one run."""
     from fashiondist.errors import InputError
 
-    for key in ("precision", "log_with", "data"):
+    for key in ("precision", "log_with", "data", "compile"):
         values = {str(getattr(c, key)) for c in configs}
         if len(values) > 1:
             raise InputError(f"{key} must be the same for every variant of one run, got {', '.join(sorted(values))}")
