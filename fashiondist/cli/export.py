@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fashiondist.cli._common import add_data_option, formatter
+from fashiondist.cli._common import add_data_option, formatter, stdout_console
 from fashiondist.config import Tta
 
 DESCRIPTION = """\
@@ -26,7 +26,7 @@ run's own validation split (its config's data, val_fraction and seed).
 
 examples:
   fashiondist export runs/convnet --out model.onnx
-  fashiondist export runs/convnet/best/model.safetensors --out model.onnx --tta flip
+  fashiondist export runs/convnet/best/model.safetensors --out model.onnx --tta none   # not the run's TTA
   fashiondist export runs/convnet --out model.onnx --quantize int8 --data fashion-mnist
 """
 
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         max_int8_drop=args.max_int8_drop,
         log=lambda message: log.print(message, highlight=False),
     )
-    Console().print(export_table(report))
+    stdout_console().print(export_table(report))
     if report.int8_refusal:
         raise FashiondistError(
             report.int8_refusal, hint="export without --quantize, or calibrate on more training images"
@@ -123,7 +123,10 @@ def export_table(report):
 
     table = Table(
         title=f"onnxruntime vs PyTorch: {report.model}, tta {report.tta}, opset {report.opset}",
-        caption=f"{report.onnx_path}, {report.file_bytes / 1e6:.2f} MB, tolerance: {report.parity_tolerance}",
+        caption=f"{report.onnx_path}, {report.file_bytes / 1e6:.2f} MB, tolerance: {report.parity_tolerance}\n"
+        + (
+            report.accuracy.describe() if report.accuracy else "validation accuracy: not measured (no labels)"
+        ),
     )
     for column in (
         "batch size",
@@ -143,12 +146,8 @@ def export_table(report):
             f"{row.argmax_agreement:.2%}",
             "[green]pass[/]" if row.passed else "[red]FAIL[/]",
         )
-    from rich.console import Group
-    from rich.text import Text
-
-    accuracy = Text(report.accuracy.describe() if report.accuracy else "validation accuracy: not measured")
     if report.int8 is None:
-        return Group(table, accuracy)
+        return table
     q = report.int8
     int8 = Table(title=f"int8 (static QDQ, per-channel) on {q.images} validation images")
     for column in ("model", "accuracy", "img/s (batch 256)", "MB"):
@@ -167,4 +166,6 @@ def export_table(report):
         f"{q.int8_images_per_s:,.0f}",
         f"{q.file_bytes / 1e6:.2f}",
     )
-    return Group(table, accuracy, int8)
+    from rich.console import Group
+
+    return Group(table, int8)

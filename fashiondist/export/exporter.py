@@ -1,7 +1,7 @@
 """A checkpoint to a checked ONNX file (and an int8 one on request), with `export_report.json` beside it.
 
     report = export_checkpoint("runs/convnet", "model.onnx", images=val_images)   # what `train` calls
-    fashiondist export runs/convnet --out model.onnx [--quantize int8] [--tta flip]  # the same, from the CLI
+    fashiondist export runs/convnet --out model.onnx [--quantize int8] [--tta none|flip]  # the same, from the CLI
 
 The graph and its checks live in `export/graph.py`. Nothing is written until every check has passed:
 `onnx.checker` (full check), then onnxruntime against PyTorch on real validation images at batch sizes 1, 7
