@@ -60,6 +60,7 @@ class TrainConfig:
     eval_batch_size: int = 1024  # per device
     precision: Precision = Precision.AUTO
     channels_last: bool = True
+    compile: bool = False  # torch.compile the training model (accelerate's dynamo plugin, inductor)
     optimizer: Optimizer = Optimizer.SGD
     lr: float = 0.1  # peak learning rate at the global batch size above
     momentum: float = 0.9

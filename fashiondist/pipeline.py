@@ -50,7 +50,8 @@ def run_main_job(
     quantize: str | None = None,
     results: Console | None = None,
 ) -> MainJob:
-    """Train `configs` one after the other; with a `parent` (a multi-model run) ship the best of them."""
+    """Train `configs` one after the other; with a `parent` (a multi-model run, or one variant's own run
+    directory under `--model X --test T`) ship the best of them."""
     from fashiondist.engine.run_record import failure_recorded
 
     log = log_console()
@@ -58,13 +59,21 @@ def run_main_job(
     preempted = bool(runs and runs[-1].preempted_by)
     job = MainJob(runs, main_process, preempted)
     if parent is not None and main_process and not preempted:
-        with failure_recorded(parent, main_process):
+        with failure_recorded(_parent_record(parent, configs), main_process):
             job.shipment = ship(
                 runs, parent, configs[0].data, test_csv, quantize, results or results_console(), log
             )
-    if parent is not None and main_process:
+    if _parent_record(parent, configs) is not None and main_process:
         _finish_record(parent, job)
     return job
+
+
+def _parent_record(parent: Path | None, configs: list[TrainConfig]) -> Path | None:
+    """The directory whose run.json describes a multi-model run as a whole; None where there is none: no
+    parent, or one variant shipping from its own run directory (`--model X --test T`), whose record is its own."""
+    if parent is None or any(Path(parent) == cfg.run_dir() for cfg in configs):
+        return None
+    return parent
 
 
 def _begin_record(parent: Path, configs: list[TrainConfig], accelerator, data) -> None:
@@ -102,19 +111,20 @@ def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> 
     lock = main_process_lock(accelerator, parent or configs[0].run_dir(), progress.log)
     with lock:
         data = load_data(configs[0].data)
-        if parent is not None and accelerator.is_main_process:
-            _begin_record(parent, configs, accelerator, data)
-        return _train_each(configs, parent, accelerator, progress, data)
+        record_dir = _parent_record(parent, configs)
+        if record_dir is not None and accelerator.is_main_process:
+            _begin_record(record_dir, configs, accelerator, data)
+        return _train_each(configs, record_dir, accelerator, progress, data)
 
 
 def _train_each(
-    configs: list[TrainConfig], parent: Path | None, accelerator, progress, data
+    configs: list[TrainConfig], record_dir: Path | None, accelerator, progress, data
 ) -> tuple[list, bool]:
     from fashiondist.engine.run_record import failure_recorded
     from fashiondist.engine.trainer import Trainer
 
     runs = []
-    with progress, failure_recorded(parent, accelerator.is_main_process):
+    with progress, failure_recorded(record_dir, accelerator.is_main_process):
         for cfg in configs:
             if cfg.log_with:
                 accelerator.init_trackers(cfg.model, config=cfg.to_dict())

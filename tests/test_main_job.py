@@ -58,9 +58,35 @@ def test_models_test_quantize_ship_the_best_and_submit_with_the_model_that_serve
     np.testing.assert_array_equal(_submission(again), submitted)  # the serving model wrote it
 
 
-def test_quantize_needs_models(capsys: pytest.CaptureFixture[str]):
+def test_quantize_needs_models_or_test(capsys: pytest.CaptureFixture[str]):
     assert main(["train", "--model", "cnn", "--quantize", "int8"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "fashiondist: error: --quantize needs --models "
-        "(for one run, use `fashiondist export RUN --quantize int8`)"
+        "fashiondist: error: --quantize needs --models or --test "
+        "(for one run alone, use `fashiondist export RUN --quantize int8`)"
     )
+
+
+def test_model_with_test_trains_exports_and_submits_from_its_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """`--model X --test T` ships like `--models X --test T`, into X's own run directory (its --out)."""
+    run = tmp_path / "convnet"
+    argv = ["train", "--model", "convnet", "--epochs", "1", "--out", str(run), "--quiet"]
+    assert main([*argv, "--set", "model_kwargs.width=0.5", "--test", str(SAMPLE_TEST)]) == 0
+    stdout = capsys.readouterr().out
+
+    assert json.loads((run / "best.json").read_text())["model"] == "convnet"
+    report = json.loads((run / "export_report.json").read_text())
+    assert report["model"] == "convnet" and report["parity_passed"] is True
+    assert report["accuracy"]["agrees"] is True  # the shipped file scores what the run reported
+    assert f"submission: {run / 'submission.csv'} (1,000 rows, model.onnx)" in stdout
+    submitted = _submission(run / "submission.csv")
+    np.testing.assert_array_equal(submitted[:, 0], read_competition_csv(SAMPLE_TEST).ids)
+    again = tmp_path / "again.csv"
+    assert main(["infer", str(SAMPLE_TEST), "--model", str(run / "model.onnx"), "--out", str(again)]) == 0
+    np.testing.assert_array_equal(_submission(again), submitted)
+    assert (run / "summary.json").is_file() and (run / "best" / "model.safetensors").is_file()
+    # the variant's own record, not a multi-model parent's written over it
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "finished" and record["variants"] is None, record["variants"]
+    assert record["result"]["best_val_acc"] == json.loads((run / "summary.json").read_text())["best_val_acc"]

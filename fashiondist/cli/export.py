@@ -13,14 +13,20 @@ Export a trained model to ONNX: uint8 `pixels` [N, 1, 28, 28] in, float32 `probs
 normalisation inside the graph and the model's facts (variant, classes, validation accuracy) in its
 metadata, so a client needs nothing but the file. The file is written only after onnx.checker's full check
 and a parity check: onnxruntime against PyTorch on real validation images at batch sizes 1, 7 and 256
-(max |probability difference| <= 1e-5, every argmax equal). export_report.json is written beside it.
+(the logits the probabilities imply within float32 rounding, every argmax equal). Then its validation
+accuracy is printed beside the one the run recorded, and they must agree: every image the ONNX model
+predicts differently from the run is an argmax tie within the run's arithmetic (see
+fashiondist/export/agreement.py); otherwise nothing is written. export_report.json is written beside it.
+
+Without --tta the graph applies the TTA the run was validated with; without --data it is checked on the
+run's own validation split (its config's data, val_fraction and seed).
 
 --quantize int8 also writes MODEL.int8.onnx (static QDQ, per-channel), calibrated on training images of
 --data and kept only if its validation accuracy is within --max-int8-drop points of the float model.
 
 examples:
   fashiondist export runs/convnet --out model.onnx
-  fashiondist export runs/convnet/best/model.safetensors --out model.onnx --tta flip
+  fashiondist export runs/convnet/best/model.safetensors --out model.onnx --tta none   # not the run's TTA
   fashiondist export runs/convnet --out model.onnx --quantize int8 --data fashion-mnist
 """
 
@@ -53,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tta",
         choices=[t.value for t in Tta],
-        default=Tta.NONE.value,
-        help="flip: the graph averages each image and its mirror (default: %(default)s)",
+        default=None,
+        help="flip: the graph averages each image and its mirror (default: the run's tta, as it was validated)",
     )
     parser.add_argument(
         "--quantize",
@@ -69,14 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="POINTS",
         help="refuse the int8 model if its validation accuracy drops by more (default: %(default)s)",
     )
-    add_data_option(parser)
+    add_data_option(parser, default=None)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from fashiondist.consoles import log_console, results_console
     from fashiondist.errors import FashiondistError, InputError
-    from fashiondist.export.check_images import load_check_images
+    from fashiondist.export.check_images import load_check_images, run_config
     from fashiondist.export.exporter import export_checkpoint
     from fashiondist.output_paths import check_output_file
 
@@ -90,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "model.onnx"
     )
     check_output_file(out, "--out")
-    checks = load_check_images(args.data, checkpoint)
+    checks = load_check_images(args.data or run_config(checkpoint).data, checkpoint)
     log.print(f"checking with {checks.description}", highlight=False)
     report = export_checkpoint(
         checkpoint,
@@ -99,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         labels=checks.labels,
         calibration_images=checks.calibration_images,
         opset=args.opset,
-        tta=Tta(args.tta),
+        tta=None if args.tta is None else Tta(args.tta),
         quantize=args.quantize,
         max_int8_drop=args.max_int8_drop,
         log=lambda message: log.print(message, highlight=False),
@@ -119,7 +125,10 @@ def export_table(report):
 
     table = Table(
         title=f"onnxruntime vs PyTorch: {report.model}, tta {report.tta}, opset {report.opset}",
-        caption=f"{report.onnx_path}, {report.file_bytes / 1e6:.2f} MB, tolerance: {report.parity_tolerance}",
+        caption=f"{report.onnx_path}, {report.file_bytes / 1e6:.2f} MB, tolerance: {report.parity_tolerance}\n"
+        + (
+            report.accuracy.describe() if report.accuracy else "validation accuracy: not measured (no labels)"
+        ),
     )
     for column in (
         "batch size",

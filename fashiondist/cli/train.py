@@ -16,6 +16,7 @@ examples:
   fashiondist train --model cnn-dropout --epochs 5   # precision auto: bf16 where the hardware has it
   fashiondist train --models all --config launch/experiments/demo.yaml --test testX.csv
   fashiondist train --models convnet,cnn-dropout --test testX.csv --quantize int8   # submit with the int8 model
+  fashiondist train --model convnet --test testX.csv   # one variant: runs/convnet gets model.onnx, submission.csv
   fashiondist train --model convnet --data ../data/fashion-mnist --set model_kwargs.width=1.5
   fashiondist train --model convnet --resume auto    # continue runs/convnet/last if it is there
 
@@ -34,6 +35,7 @@ SIGTERM or SIGUSR1 saves OUT/last at the next step and exits 0; rerun with --res
 _FLAG_KEYS = (
     "data", "epochs", "batch_size", "grad_accum", "precision", "lr", "optimizer", "schedule", "label_smoothing",
     "ema", "augment", "seed", "val_fraction", "out", "resume", "log_with", "quiet", "tta", "early_stop",
+    "compile",
 )  # fmt: skip
 
 
@@ -64,6 +66,13 @@ def register(subparsers) -> None:
         "have it (fp16 on older ones), bf16 on CPUs with native bf16 (avx512_bf16, amx_bf16), else no (fp32); "
         "`fashiondist doctor` says what auto picks here and why",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model for training (accelerate's dynamo plugin, inductor; needs a C compiler on "
+        "the CPU); checkpoints and exports are the plain module's",
+    )
     p.add_argument("--lr", type=float, help="peak learning rate at the given global batch size")
     p.add_argument("--optimizer", choices=[m.value for m in Optimizer])
     p.add_argument("--schedule", choices=[m.value for m in Schedule], help="learning-rate shape after warmup")
@@ -84,11 +93,16 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. --set model_kwargs.width=2")
     p.add_argument("--log-with", help="an accelerate tracker (tensorboard, wandb, mlflow, ...)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar; one line per epoch (for log files)")
-    p.add_argument("--test", metavar="CSV", help="with --models: write OUT/submission.csv for this testX.csv with the best model")
+    p.add_argument(
+        "--test",
+        metavar="CSV",
+        help="export the best model (--models) or the one model (--model: into its run directory) and write "
+        "OUT/submission.csv for this testX.csv with it",
+    )
     p.add_argument(
         "--quantize",
         choices=["int8"],
-        help="with --models: also export OUT/model.int8.onnx (kept if within 0.5 points of fp32) and infer --test with it",
+        help="with --models or --test: also export OUT/model.int8.onnx (kept if within 0.5 points of fp32) and infer --test with it",
     )
     p.set_defaults(func=run)
 
@@ -118,10 +132,10 @@ def run(args: argparse.Namespace) -> int:
     from fashiondist.models.registry import model_recipe
 
     names, multi = _model_names(args)
-    if args.test and not multi:
-        raise InputError("--test needs --models (the multi-model run exports its best variant and infers with it)")
-    if args.quantize and not multi:
-        raise InputError("--quantize needs --models (for one run, use `fashiondist export RUN --quantize int8`)")
+    if args.quantize and not (multi or args.test):
+        raise InputError(
+            "--quantize needs --models or --test (for one run alone, use `fashiondist export RUN --quantize int8`)"
+        )
     if args.test and not Path(args.test).is_file():
         raise InputError(f"--test {args.test}: no such file (checked before training, not after it)")
     flags = {key: getattr(args, key) for key in _FLAG_KEYS}
@@ -135,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         if parent is not None:
             cfg.out = str(parent / cfg.model)
         configs.append(cfg)
+    if args.test and not multi:
+        parent = configs[0].run_dir()  # one variant ships from its own run directory
     _check_sweep_wide(configs)
     _check_outputs(configs, parent)
     from fashiondist.pipeline import run_main_job
@@ -169,7 +185,7 @@ def _check_sweep_wide(configs) -> None:
     """Settings fixed for a process's life (its Accelerator) must agree across the variants of one run."""
     from fashiondist.errors import InputError
 
-    for key in ("precision", "log_with", "data"):
+    for key in ("precision", "log_with", "data", "compile"):
         values = {str(getattr(c, key)) for c in configs}
         if len(values) > 1:
             raise InputError(f"{key} must be the same for every variant of one run, got {', '.join(sorted(values))}")

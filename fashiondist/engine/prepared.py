@@ -4,6 +4,8 @@
 channels_last when the config asks), the optimizer, all passed through `accelerator.prepare`.
 `PreparedTraining.step` is one optimizer step: seed dropout, run the accumulation window's micro-batches
 under `accelerator.accumulate`, set the learning rate, clip, step, add to the running tally, update the EMA.
+Under fp16 the loss scaler may skip the step (inf/NaN gradients): then the step count, and with it the
+learning rate, stays, and the EMA is not updated; `step` says whether the optimizer stepped.
 The trainer wraps it with what a run needs around it (progress bar, preemption, non-finite check,
 evaluation, checkpoints); the benchmark times it as it is.
 """
@@ -22,6 +24,7 @@ from fashiondist.config import Optimizer, TrainConfig
 from fashiondist.engine.batches import BatchLayout, TrainBatches
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.schedule import lr_at
+from fashiondist.engine.switches import set_speed_switches
 from fashiondist.models.registry import create_model
 
 # Dropout seeds mix (run seed, optimizer step) into one integer; the stride keeps the pairs apart.
@@ -78,10 +81,12 @@ class PreparedTraining:
     optimizer: torch.optim.Optimizer
     batches: TrainBatches
     ema: Ema | None
+    switches: str = ""  # the speed switches in effect (engine.switches), for the run's first log line
 
     @property
     def raw_model(self) -> torch.nn.Module:
-        return self.acc.unwrap_model(self.model)
+        """The module itself: without DDP and without torch.compile's wrapper (what is saved and evaluated)."""
+        return self.acc.unwrap_model(self.model, keep_torch_compile=False)
 
     @property
     def total_steps(self) -> int:
@@ -90,11 +95,13 @@ class PreparedTraining:
 
     def step(
         self, micro_batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int, tally: TrainTally
-    ) -> None:
+    ) -> bool:
         """Optimizer step `step` (0-based, counted over the run) on the next `grad_accum` micro-batches.
 
         Every window starts on an accumulation boundary (the set-up zeroes accelerate's micro-step counter and
         `TrainBatches` never yields a partial window), so the last micro-batch is the one that steps.
+        Returns False when the fp16 loss scaler skipped it (inf/NaN gradients; the scale was lowered): the
+        weights are unchanged, the EMA is not updated, and the caller keeps `step` for the next window.
         """
         cfg = self.cfg
         seed_step(cfg.seed, step, self.acc.process_index)
@@ -102,9 +109,12 @@ class PreparedTraining:
             x, y = next(micro_batches)
             loss, logits = self._micro_step(x, y, step)
             tally.add(loss, logits, y)
+        if self.optimizer.step_was_skipped:  # a Python bool: the scaler has synchronised already
+            return False
         tally.next_step()
         if self.ema is not None:
             self.ema.update(self.raw_model, step + 1)
+        return True
 
     def _micro_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One micro-batch under `accumulate`: forward, backward; on the window's last micro-batch set the lr of
@@ -151,5 +161,7 @@ def prepare_training(
     model, optimizer = acc.prepare(model, build_optimizer(cfg, model))
     acc.gradient_accumulation_steps = cfg.grad_accum
     acc.step = 0  # accelerate's micro-step counter: the first window starts on a boundary
-    ema = Ema(acc.unwrap_model(model), cfg.ema) if cfg.ema > 0 else None
-    return PreparedTraining(cfg, acc, model, optimizer, batches, ema)
+    training = PreparedTraining(cfg, acc, model, optimizer, batches, None, set_speed_switches(acc))
+    if cfg.ema > 0:
+        training.ema = Ema(training.raw_model, cfg.ema)
+    return training

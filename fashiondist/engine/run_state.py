@@ -25,8 +25,10 @@ class RunState:
     model_kwargs: dict[str, Any]
     global_batch: int
     epoch: int = 0  # the epoch in progress (0-based)
-    epoch_step: int = 0  # optimizer steps already done in that epoch
-    step: int = 0  # optimizer steps done in the whole run
+    epoch_step: int = 0  # accumulation windows already done in that epoch (stepped or skipped)
+    # optimizer steps done in the whole run (the learning rate's step); windows whose step the fp16 loss
+    # scaler skipped (inf/NaN gradients) are not counted: they are epoch x steps per epoch + epoch_step - step
+    step: int = 0
     # loss x images, correct, images of the epoch so far, summed over all ranks
     epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     epoch_seconds: float = 0.0  # training seconds of the epoch so far

@@ -65,12 +65,14 @@ def make_accelerator(cfg: TrainConfig, project_dir: str | Path | None = None) ->
 
     `precision` auto comes from the hardware and the launcher's config (`fashiondist.hardware`). Without a
     GPU the Accelerator is told so: under torchrun (or a launcher without ACCELERATE_USE_CPU) it would
-    otherwise start N world-size-1 copies instead of one gloo group.
+    otherwise start N world-size-1 copies instead of one gloo group. `compile` asks accelerate's dynamo
+    plugin for torch.compile (inductor); without it the launcher's config decides (by default: no).
     """
     choice = this_machine_precision(cfg.precision)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=choice.precision,
+        dynamo_backend="inductor" if cfg.compile else None,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=cfg.log_with,
         project_dir=str(project_dir) if project_dir is not None else None,
@@ -255,7 +257,8 @@ class Trainer:
             f"{self.cfg.model}: {where}{images}, "
             f"{self.num_classes} classes, {self.params:,} params; global batch {lay.global_batch} = "
             f"{lay.per_device} per device x {lay.grad_accum} accumulation x {lay.world_size} process(es); "
-            f"precision {self.acc.mixed_precision} on {self.acc.device} ({this_machine_precision(self.cfg.precision).reason})"
+            f"precision {self.acc.mixed_precision} on {self.acc.device} ({this_machine_precision(self.cfg.precision).reason}); "
+            f"{self.engine.switches}"
         )
 
     def _train_epoch(self, watch: PreemptionWatch) -> str | None:
@@ -271,8 +274,7 @@ class Trainer:
         engine.model.train()
         t0 = time.perf_counter() - state.epoch_seconds
         while state.epoch_step < steps:
-            engine.step(micro_batches, state.step, tally)
-            state.step += 1
+            state.step += engine.step(micro_batches, state.step, tally)  # a step the fp16 scaler skipped: + 0
             state.epoch_step += 1
             if state.epoch_step % REFRESH_EVERY == 0 or state.epoch_step == steps:
                 self._check_finite(tally)
@@ -281,7 +283,7 @@ class Trainer:
                 self.progress.update(
                     state.epoch_step, loss, accuracy, seen * acc.num_processes / (time.perf_counter() - t0)
                 )
-            if watch.requested(acc, state.step):
+            if watch.requested(acc, state.epoch * steps + state.epoch_step):
                 self._store_tally(tally, t0)
                 return watch.signal_name or "preemption signal (on another rank)"
         self._store_tally(tally, t0)
@@ -404,8 +406,12 @@ class Trainer:
         state = self.state
         return {"epochs": state.epoch, "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch}
 
+    def _windows_done(self) -> int:
+        """Accumulation windows trained so far: optimizer steps taken plus those the fp16 scaler skipped."""
+        return self.state.epoch * self.engine.batches.steps_per_epoch + self.state.epoch_step
+
     def _images_per_s(self) -> float:
-        done = self.state.step * self.cfg.batch_size
+        done = self._windows_done() * self.cfg.batch_size
         return done / self.state.train_seconds if self.state.train_seconds > 0 else 0.0
 
     def _finish(self) -> None:
@@ -442,6 +448,8 @@ class Trainer:
             "world_size": self.acc.num_processes,
             "precision": self.acc.mixed_precision,
             "precision_reason": this_machine_precision(cfg.precision).reason,
+            "skipped_steps": self._windows_done() - state.step,  # by the fp16 loss scaler (inf/NaN gradients)
+            "speed_switches": self.engine.switches,
             "tta": cfg.tta.value,
             "global_batch": cfg.batch_size,
             "val_count": result.count,

@@ -1,13 +1,15 @@
 """A checkpoint to a checked ONNX file (and an int8 one on request), with `export_report.json` beside it.
 
     report = export_checkpoint("runs/convnet", "model.onnx", images=val_images)   # what `train` calls
-    fashiondist export runs/convnet --out model.onnx [--quantize int8] [--tta flip]  # the same, from the CLI
+    fashiondist export runs/convnet --out model.onnx [--quantize int8] [--tta none|flip]  # the same, from the CLI
 
 The graph and its checks live in `export/graph.py`. Nothing is written until every check has passed:
 `onnx.checker` (full check), then onnxruntime against PyTorch on real validation images at batch sizes 1, 7
 and 256 (the probabilities within float32 rounding,
-judged on the logits they imply by `parity.parity_verdict`, and every argmax equal). Then the file is written atomically, with
-`export_report.json` beside it. A failed check raises FashiondistError and leaves no file.
+judged on the logits they imply by `parity.parity_verdict`, and every argmax equal), and with labels the ONNX
+model's validation accuracy against the run's (`agreement.compare_accuracy`). Then the file is written
+atomically, with `export_report.json` beside it. A failed check raises FashiondistError and leaves no file.
+Without `tta`, a checkpoint is exported with the TTA its run was validated with.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ from fashiondist.atomic_io import write_bytes, write_json
 from fashiondist.config import Tta
 from fashiondist.engine.run_record import find_run_record
 from fashiondist.errors import FashiondistError, InputError
+from fashiondist.export.agreement import (
+    AccuracyAgreement,
+    ValidationRecord,
+    compare_accuracy,
+    read_validation_record,
+)
+from fashiondist.export.check_images import run_config
 from fashiondist.export.graph import (
     MIN_IMAGES_PER_SIZE,
     PARITY_BATCH_SIZES,
@@ -37,8 +46,9 @@ from fashiondist.export.graph import (
 )
 from fashiondist.export.parity import PARITY_TOLERANCE, ParityRow, ParityTolerance
 from fashiondist.export.quantize import QuantReport, quantize_int8
+from fashiondist.inference.predict import predict_proba
 from fashiondist.inference.session import open_model_bytes
-from fashiondist.models.checkpoint import load_model, unwrap
+from fashiondist.models.checkpoint import load_model, resolve_model_dir, unwrap
 
 REPORT_NAME = "export_report.json"
 
@@ -61,6 +71,7 @@ class ExportReport:
     parity_tolerance: str
     parity: list[ParityRow]
     metadata: dict[str, str]
+    accuracy: AccuracyAgreement | None = None  # the ONNX model's validation accuracy beside the run's
     int8: QuantReport | None = None
 
     @property
@@ -79,9 +90,10 @@ class ExportReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("parity", "int8")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("parity", "accuracy", "int8")}
         out["parity"] = [row.to_dict() for row in self.parity]
         out["parity_passed"] = all(row.passed for row in self.parity)
+        out["accuracy"] = None if self.accuracy is None else self.accuracy.to_dict()
         out["int8"] = None if self.int8 is None else self.int8.to_dict()
         return out
 
@@ -92,6 +104,8 @@ def export_model(
     *,
     metadata: Mapping[str, str],
     images: np.ndarray,
+    labels: np.ndarray | None = None,
+    record: ValidationRecord | None = None,
     opset: int | None = None,
     tta: Tta = Tta.NONE,
     batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
@@ -99,7 +113,11 @@ def export_model(
     min_images: int = MIN_IMAGES_PER_SIZE,
     log: Log | None = None,
 ) -> ExportReport:
-    """Export, check (onnx.checker + parity on uint8 `images` [N, 28, 28]), then write `out_path` atomically."""
+    """Export, check (onnx.checker + parity on uint8 `images` [N, 28, 28]), then write `out_path` atomically.
+
+    With `labels` (int64 [N], the run's validation split) the ONNX model's accuracy on `images` is reported
+    beside the run's `record`, and a disagreement (`export.agreement`) refuses the export like a failed check.
+    """
     log = log or _quiet
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
@@ -120,9 +138,8 @@ def export_model(
     blob = proto.SerializeToString()
 
     log(f"checking onnxruntime against PyTorch on {len(images)} real images, batch sizes {batch_sizes}")
-    rows = check_parity(
-        model, open_model_bytes(blob, out_path), images, tta, batch_sizes, min_images, tolerance
-    )
+    session = open_model_bytes(blob, out_path)
+    rows = check_parity(model, session, images, tta, batch_sizes, min_images, tolerance)
     props = {p.key: p.value for p in proto.metadata_props}
     report = ExportReport(
         onnx_path=str(out_path),
@@ -142,6 +159,15 @@ def export_model(
         raise FashiondistError(
             f"{out_path}: onnxruntime disagrees with PyTorch ({worst}; tolerance: {tolerance}); nothing written"
         )
+    if labels is not None:
+        report.accuracy = compare_accuracy(predict_proba(session, images), labels, record, tta.value)
+        log(report.accuracy.describe())
+        if report.accuracy.agrees is False:
+            raise FashiondistError(
+                f"{out_path}: the ONNX model does not reproduce the run's validation accuracy "
+                f"({report.accuracy.describe()}); nothing written",
+                hint="export with the run's --tta, from the run's best/ checkpoint, checked on the run's --data",
+            )
     write_bytes(out_path, blob)
     log(f"wrote {out_path} ({len(blob) / 1e6:.2f} MB)")
     return report
@@ -155,14 +181,17 @@ def export_checkpoint(
     labels: np.ndarray | None = None,
     calibration_images: np.ndarray | None = None,
     opset: int | None = None,
-    tta: Tta = Tta.NONE,
+    tta: Tta | None = None,
     quantize: str | None = None,
     max_int8_drop: float = 0.5,
     log: Log | None = None,
 ) -> ExportReport:
     """Export a checkpoint (run dir, best/ dir or model.safetensors) and write `export_report.json` beside it.
 
-    `images` (uint8 [N, 28, 28], real validation images) drive the parity check. `quantize="int8"` also
+    `images` (uint8 [N, 28, 28], real validation images) drive the parity check; with their `labels` the
+    ONNX model's accuracy must agree with the run's (`export.agreement`). `tta` None: the TTA the run was
+    validated with (its best/model.json, else its config.yaml), so the file scores what the run reported.
+    `quantize="int8"` also
     writes `<stem>.int8.onnx`: static QDQ per-channel quantization calibrated on `calibration_images`
     (training images), kept only if its accuracy on (`images`, `labels`) is at most `max_int8_drop` points
     below the float model's; otherwise `report.int8_refusal` says why (the float model stays, no int8 file is
@@ -171,6 +200,9 @@ def export_checkpoint(
     log = log or _quiet
     out_path = Path(out_path)
     model, meta = load_model(checkpoint)
+    model_dir = resolve_model_dir(checkpoint)
+    record = read_validation_record(model_dir, meta, run_config(model_dir).tta.value)
+    tta = Tta(record.tta) if tta is None else Tta(tta)
     if quantize not in (None, "int8"):
         raise InputError(f"--quantize {quantize!r}: the only quantization is int8")
     if quantize and (labels is None or calibration_images is None):
@@ -182,8 +214,10 @@ def export_checkpoint(
             f"--quantize int8: the check images have labels up to {labels.max()} but the model has "
             f"{meta['num_classes']} classes; check it on data labelled like its training data (--data)"
         )
-    metadata = model_metadata(meta, tta, run=find_run_record(checkpoint))
-    report = export_model(model, out_path, metadata=metadata, images=images, opset=opset, tta=tta, log=log)
+    report = export_model(
+        model, out_path, metadata=model_metadata(meta, tta, run=find_run_record(checkpoint)), images=images,
+        labels=labels, record=record, opset=opset, tta=tta, log=log,
+    )  # fmt: skip
     if quantize:
         report.int8 = quantize_int8(
             out_path,

@@ -1,0 +1,180 @@
+"""Does the exported file score what the run reported? The ONNX model's validation accuracy beside the run's.
+
+The run measured its validation accuracy in PyTorch, under its own mixed precision and test-time policy, and
+saved what it predicted (`val_predictions.npz`, the best weights predicted again at the end). The export
+predicts the same validation images with onnxruntime in float32. The two agree when:
+
+- per image (a run directory with `val_predictions.npz` over these very images): every image whose ONNX
+  argmax differs from the run's is an argmax tie in the run's own probabilities, i.e. the implied logit
+  margin between the two classes is at most `tie_margin` (below); then the correct counts differ by at
+  most the number of such ties, and every other image is predicted the same;
+- by count (a bare checkpoint, only its recorded accuracy): the correct counts differ by at most the number
+  of images that are argmax ties in the ONNX model's probabilities.
+
+Why a tie is judged relative to the image's logit range: the run's arithmetic rounds every product to its
+format's unit roundoff u (bf16: 2^-8; fp16 and TF32, which fashiondist turns on for fp32 matmuls on CUDA:
+2^-11), so its logits move by a multiple of u times their magnitude. Measured on trained cnn-dropout and
+convnet (900 sample validation images), bf16 autocast against float32 moved the logits by at most 2.4 u x
+the image's logit range; an argmax can flip only where the margin is below the difference of two such
+errors (4.8 u x range). `TIE_FACTOR` = 8 covers that with room, and is still narrow: for bf16 it is 3% of
+the logit range, while dropping the run's flip TTA moves a trained model's predictions far beyond it.
+
+Only an export with the run's own TTA is judged; another --tta reports both numbers without a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashiondist.evaluation.scores import PREDICTIONS_FILE, SUMMARY_FILE
+from fashiondist.metrics import accuracy
+from fashiondist.models.checkpoint import BEST_DIR
+
+_UNIT_ROUNDOFF = {"no": 2.0**-11, "fp16": 2.0**-11, "bf16": 2.0**-8}  # "no": TF32 matmuls on CUDA
+_UNKNOWN_PRECISION = "bf16"  # a run that did not record its precision is judged by the coarsest format
+TIE_FACTOR = (
+    8  # x u x logit range; measured bf16 error 2.4 u x range per logit, a flip needs two (module doc)
+)
+_PROB_FLOOR = 1e-30  # below this a float32 probability has no relative precision left (see export.parity)
+
+
+@dataclass(frozen=True)
+class ValidationRecord:
+    """What the run measured on its validation split, read from its files."""
+
+    val_accuracy: float | None  # best/model.json metric.val_acc
+    tta: str  # the TTA that accuracy was measured with
+    precision: str | None  # summary.json precision: no, fp16, bf16
+    predictions: Path | None = None  # val_predictions.npz, when the run directory has one
+
+
+@dataclass(frozen=True)
+class AccuracyAgreement:
+    images: int
+    onnx_accuracy: float
+    run_accuracy: float | None
+    onnx_correct: int
+    run_correct: int | None
+    rule: str  # "per image", "by count", or why there is no verdict
+    tie_margin: str  # the tie rule, in words
+    differing: int  # images whose argmax differs from the run's (per image), or the count difference
+    ties: int  # of those (per image) or of all images (by count), the argmax ties allowed to differ
+    agrees: bool | None  # None: not comparable (another TTA, other images, no recorded accuracy)
+
+    def describe(self) -> str:
+        run = "unknown" if self.run_accuracy is None else f"{self.run_accuracy:.2%} ({self.run_correct:,})"
+        head = (
+            f"validation accuracy: ONNX {self.onnx_accuracy:.2%} ({self.onnx_correct:,} of {self.images:,}), "
+            f"the run {run}"
+        )
+        if self.agrees is None:
+            return f"{head}; not compared: {self.rule}"
+        verdict = "agree" if self.agrees else "DISAGREE"
+        if self.rule == "per image":
+            return (
+                f"{head}: {verdict} ({self.differing} image(s) predicted differently, {self.ties} of them "
+                f"argmax ties: {self.tie_margin})"
+            )
+        return f"{head}: {verdict} (counts differ by {self.differing}, {self.ties} argmax ties: {self.tie_margin})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tie_rtol(precision: str | None) -> float:
+    """The largest implied logit margin, relative to the image's logit range, that counts as an argmax tie."""
+    return TIE_FACTOR * _UNIT_ROUNDOFF.get(
+        precision or _UNKNOWN_PRECISION, _UNIT_ROUNDOFF[_UNKNOWN_PRECISION]
+    )
+
+
+def compare_accuracy(
+    onnx_probs: np.ndarray, labels: np.ndarray, record: ValidationRecord | None, export_tta: str
+) -> AccuracyAgreement:
+    """Judge `onnx_probs` [M, K] on the validation `labels` [M] against what the run recorded (module doc)."""
+    onnx_pred = onnx_probs.argmax(1)
+    onnx_correct = int((onnx_pred == labels).sum())
+    rtol = tie_rtol(record.precision if record else None)
+    base = {
+        "images": len(labels),
+        "onnx_accuracy": accuracy(labels, onnx_pred),
+        "onnx_correct": onnx_correct,
+        "tie_margin": f"implied logit margin <= {rtol:.3g} x logit range "
+        f"({TIE_FACTOR} x the unit roundoff of {(record and record.precision) or 'an unrecorded precision'})",
+    }
+    if record is None or record.val_accuracy is None:
+        return _no_verdict(base, "the checkpoint records no validation accuracy")
+    run_correct = round(record.val_accuracy * len(labels))
+    base.update(run_accuracy=record.val_accuracy, run_correct=run_correct)
+    if record.tta != export_tta:
+        return _no_verdict(base, f"exported with tta {export_tta}, the run measured tta {record.tta}")
+    run_probs = _run_predictions(record.predictions, labels)
+    if run_probs is not None:
+        differs = onnx_pred != run_probs.argmax(1)
+        ties = differs & _is_tie(run_probs, onnx_pred, rtol)
+        return AccuracyAgreement(
+            **base, rule="per image", differing=int(differs.sum()), ties=int(ties.sum()),
+            agrees=bool(not (differs & ~ties).any()),
+        )  # fmt: skip
+    if abs(run_correct / len(labels) - record.val_accuracy) > 0.5 / len(labels):
+        return _no_verdict(base, "the run's accuracy was not measured on these images (--data)")
+    top2 = np.argsort(onnx_probs, axis=1)[:, -2]
+    ties = int(_is_tie(onnx_probs, top2, rtol).sum())
+    differing = abs(onnx_correct - run_correct)
+    return AccuracyAgreement(
+        **base, rule="by count", differing=differing, ties=ties, agrees=differing <= ties
+    )
+
+
+def _no_verdict(base: dict[str, Any], why: str) -> AccuracyAgreement:
+    fields = {"run_accuracy": None, "run_correct": None, **base}
+    return AccuracyAgreement(**fields, rule=why, differing=0, ties=0, agrees=None)
+
+
+def _run_predictions(path: Path | None, labels: np.ndarray) -> np.ndarray | None:
+    """The run's saved probabilities [M, K] when they are of exactly these labelled images, else None."""
+    if path is None or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        y_true, probs = saved["y_true"], saved["probs"]
+    if y_true.shape != labels.shape or not np.array_equal(y_true, labels):
+        return None
+    return probs
+
+
+def _is_tie(probs: np.ndarray, other: np.ndarray, rtol: float) -> np.ndarray:
+    """[M] bool: class `other` is within `rtol` x the logit range of the argmax, in implied logits."""
+    comparable = probs > _PROB_FLOOR  # [M, K]; a class that underflowed says nothing about the range
+    logp = np.log(np.where(comparable, probs, 1.0))  # implied logits up to a constant per image
+    high = np.where(comparable, logp, -np.inf).max(1)
+    low = np.where(comparable, logp, np.inf).min(1)
+    rows = np.arange(len(probs))
+    return comparable[rows, other] & (high - logp[rows, other] <= rtol * (high - low))
+
+
+def read_validation_record(model_dir: Path, meta: dict[str, Any], run_tta: str) -> ValidationRecord:
+    """The record of the checkpoint in `model_dir` (its model.json `meta`): a run's best/ also has the run's
+    summary.json (precision) and val_predictions.npz beside it. `run_tta`: the TTA of the run's config, for a
+    checkpoint whose model.json predates the `tta` key."""
+    val_acc = (meta.get("metric") or {}).get("val_acc")
+    record = ValidationRecord(
+        None if val_acc is None else float(val_acc), str(meta.get("tta") or run_tta), None
+    )
+    run_dir = model_dir.parent
+    if model_dir.name != BEST_DIR or not (run_dir / SUMMARY_FILE).is_file():
+        return record
+    try:
+        precision = json.loads((run_dir / SUMMARY_FILE).read_text()).get("precision")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        precision = None
+    predictions = run_dir / PREDICTIONS_FILE
+    return replace(
+        record,
+        precision=precision if precision in _UNIT_ROUNDOFF else None,
+        predictions=predictions if predictions.is_file() else None,
+    )

@@ -1,0 +1,49 @@
+"""`--compile` (torch.compile through accelerate's dynamo plugin) trains, and its checkpoints load and export
+like any other: the weights are the plain module's, never `_orig_mod.`-prefixed. On the CPU inductor needs
+a C compiler; the run is one small epoch of the notebook's cnn."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import load_file
+
+from fashiondist.cli import main
+from fashiondist.data.csvio import write_competition_csv
+from fashiondist.models import create_model
+from fashiondist.models.checkpoint import load_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (shutil.which("cc") or shutil.which("gcc")), reason="inductor on the CPU needs a C compiler"
+)
+def test_compiled_training_saves_plain_weights_that_load_and_export(tmp_path: Path, sample, capsys):
+    data = tmp_path / "train.csv"
+    write_competition_csv(data, sample.ids[:600], sample.images[:600], sample.labels[:600])
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fashiondist", "train", "--model", "cnn", "--compile", "--epochs", "1"]
+    cmd += ["--precision", "no", "--batch-size", "64", "--quiet", "--data", str(data), "--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TF32 and cuDNN autotuning off: no CUDA; torch.compile (inductor)" in proc.stderr
+
+    plain = set(create_model("cnn", 10).state_dict())
+    for saved in (run / "best", run / "last"):
+        assert set(load_file(str(saved / "model.safetensors"))) == plain, saved
+    model, meta = load_model(run)
+    assert meta["name"] == "cnn" and not any("_orig_mod" in key for key in model.state_dict())
+
+    assert main(["export", str(run), "--data", str(data)]) == 0
+    capsys.readouterr()
+    report = json.loads((run / "export_report.json").read_text())
+    assert report["parity_passed"] is True and report["accuracy"]["agrees"] is True
