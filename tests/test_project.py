@@ -37,6 +37,17 @@ def test_ruff_is_clean():
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
+def test_ruff_format_is_clean():
+    """One layout for every file, so that merges and reviews show changes, not reformatting."""
+    proc = subprocess.run(
+        [_tool("ruff"), "format", "--check", "fashiondist", "tests", "launch"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
 def _readme_blocks() -> list[str]:
     text = (REPO / "README.md").read_text()
     return re.findall(r"```bash\n(.*?)```", text, flags=re.S)

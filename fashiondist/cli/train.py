@@ -77,10 +77,16 @@ def register(subparsers) -> None:
     p.add_argument("--optimizer", choices=[m.value for m in Optimizer])
     p.add_argument("--schedule", choices=[m.value for m in Schedule], help="learning-rate shape after warmup")
     p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--ema", type=float, metavar="DECAY", help="evaluate and save an EMA of the weights (e.g. 0.999)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random flip + translation")
+    p.add_argument(
+        "--ema", type=float, metavar="DECAY", help="evaluate and save an EMA of the weights (e.g. 0.999)"
+    )
+    p.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction, default=None, help="random flip + translation"
+    )
     p.add_argument("--tta", choices=[m.value for m in Tta], help="test-time augmentation at evaluation")
-    p.add_argument("--early-stop", type=int, metavar="EPOCHS", help="stop after this many epochs without improvement")
+    p.add_argument(
+        "--early-stop", type=int, metavar="EPOCHS", help="stop after this many epochs without improvement"
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--val-fraction", type=float, help="share of labelled images held out for validation")
     p.add_argument(
@@ -88,11 +94,26 @@ def register(subparsers) -> None:
         help="run directory (one model; default runs/{model}, where {model} is the variant's name, the only "
         "placeholder; write a literal brace twice) or parent directory (--models; default runs/sweep)",
     )
-    p.add_argument("--resume", metavar="PATH|auto", help="continue from a last/ checkpoint; auto: OUT/last when present")
-    p.add_argument("--config", metavar="FILE.yaml", help="hyperparameters from a YAML file (see launch/experiments/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. --set model_kwargs.width=2")
+    p.add_argument(
+        "--resume", metavar="PATH|auto", help="continue from a last/ checkpoint; auto: OUT/last when present"
+    )
+    p.add_argument(
+        "--config", metavar="FILE.yaml", help="hyperparameters from a YAML file (see launch/experiments/)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set model_kwargs.width=2",
+    )
     p.add_argument("--log-with", help="an accelerate tracker (tensorboard, wandb, mlflow, ...)")
-    p.add_argument("--quiet", action="store_true", default=None, help="no progress bar; one line per epoch (for log files)")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        default=None,
+        help="no progress bar; one line per epoch (for log files)",
+    )
     p.add_argument(
         "--test",
         metavar="CSV",
@@ -113,7 +134,11 @@ def _model_names(args: argparse.Namespace) -> tuple[list[str], bool]:
     from fashiondist.errors import InputError
 
     if args.models:
-        names = list_models() if args.models.strip() == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
+        names = (
+            list_models()
+            if args.models.strip() == "all"
+            else [m.strip() for m in args.models.split(",") if m.strip()]
+        )
     elif args.model:
         return [args.model], False
     else:
@@ -122,7 +147,10 @@ def _model_names(args: argparse.Namespace) -> tuple[list[str], bool]:
             return [None], False
     unknown = [n for n in names if n not in list_models()]
     if unknown or not names:
-        raise InputError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}", hint=f"choose from {', '.join(list_models())} or all")
+        raise InputError(
+            f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}",
+            hint=f"choose from {', '.join(list_models())} or all",
+        )
     return list(dict.fromkeys(names)), True
 
 
@@ -188,7 +216,9 @@ def _check_sweep_wide(configs) -> None:
     for key in ("precision", "log_with", "data", "compile"):
         values = {str(getattr(c, key)) for c in configs}
         if len(values) > 1:
-            raise InputError(f"{key} must be the same for every variant of one run, got {', '.join(sorted(values))}")
+            raise InputError(
+                f"{key} must be the same for every variant of one run, got {', '.join(sorted(values))}"
+            )
 
 
 def _check_outputs(configs, parent: Path | None) -> None:

@@ -29,7 +29,19 @@ LAUNCH = REPO / "launch" / "accelerate"
 # 1-thread ranks: two ranks on two cores, and the same arithmetic in every process.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
 # fp32 on every CPU kind (auto would pick bf16 on one with avx512_bf16): the equivalence tests compare weights.
-TINY = ["--model", "cnn", "--batch-size", "64", "--epochs", "2", "--quiet", "--set", "eval_batch_size=256", "--precision", "no"]
+TINY = [
+    "--model",
+    "cnn",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "2",
+    "--quiet",
+    "--set",
+    "eval_batch_size=256",
+    "--precision",
+    "no",
+]
 
 
 @pytest.fixture(scope="module")

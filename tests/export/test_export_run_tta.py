@@ -90,9 +90,13 @@ def test_by_count_without_saved_predictions():
     probs = np.array(  # image 2: a near tie between classes 0 and 1 (logit range ~13, margin 4e-4)
         [[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.5 + 1e-4, 0.5 - 1e-4, 1e-6], [0.3, 0.7, 0.0]], dtype=np.float32
     )
-    record = ValidationRecord(val_accuracy=0.5, tta="none", precision="bf16")  # 2 of 4 correct; ONNX has 2 too
+    record = ValidationRecord(
+        val_accuracy=0.5, tta="none", precision="bf16"
+    )  # 2 of 4 correct; ONNX has 2 too
     assert compare_accuracy(probs, labels, record, "none").agrees is True
-    one_tie = ValidationRecord(val_accuracy=0.75, tta="none", precision="bf16")  # 3 of 4: image 2 is a near tie
+    one_tie = ValidationRecord(
+        val_accuracy=0.75, tta="none", precision="bf16"
+    )  # 3 of 4: image 2 is a near tie
     verdict = compare_accuracy(probs, labels, one_tie, "none")
     assert verdict.rule == "by count" and verdict.ties == 1 and verdict.agrees is True
     far = ValidationRecord(val_accuracy=1.0, tta="none", precision="bf16")  # image 3 is no tie: 0.3 vs 0.7
