@@ -93,6 +93,13 @@ def tie_rtol(precision: str | None) -> float:
     )
 
 
+def _format_name(precision: str | None) -> str:
+    """How a run's precision reads in a sentence: `no` (no mixed precision) is float32."""
+    if precision is None:
+        return "an unrecorded precision"
+    return "fp32" if precision == "no" else precision
+
+
 def compare_accuracy(
     onnx_probs: np.ndarray, labels: np.ndarray, record: ValidationRecord | None, export_tta: str
 ) -> AccuracyAgreement:
@@ -105,7 +112,7 @@ def compare_accuracy(
         "onnx_accuracy": accuracy(labels, onnx_pred),
         "onnx_correct": onnx_correct,
         "tie_margin": f"implied logit margin <= {rtol:.3g} x logit range "
-        f"({TIE_FACTOR} x the unit roundoff of {(record and record.precision) or 'an unrecorded precision'})",
+        f"({TIE_FACTOR} x the unit roundoff of {_format_name(record.precision if record else None)})",
     }
     if record is None or record.val_accuracy is None:
         return _no_verdict(base, "the checkpoint records no validation accuracy")
