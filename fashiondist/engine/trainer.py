@@ -115,6 +115,7 @@ class Trainer:
         self.class_names = list(data.class_names)
         self.epoch_limit = min(cfg.epochs, epoch_limit or cfg.epochs)
         self.data_record = data_record(data) if accelerator.is_main_process else None
+        self.precision_choice = this_machine_precision(cfg.precision)  # what `auto` picked here, and why
 
         train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
         # the validation split lives on the device too: uint8 [M, 1, H, W], int64 [M]
@@ -215,7 +216,7 @@ class Trainer:
             save_yaml(cfg, self.run_dir / "config.yaml")
             self._truncate_metrics()
             run_record.begin(
-                self.run_dir, cfg.to_dict(), acc, self.data_record, this_machine_precision(cfg.precision),
+                self.run_dir, cfg.to_dict(), acc, self.data_record, self.precision_choice,
                 resumed=self.resumed_from is not None,
             )  # fmt: skip
         acc.wait_for_everyone()
@@ -257,7 +258,7 @@ class Trainer:
             f"{self.cfg.model}: {where}{images}, "
             f"{self.num_classes} classes, {self.params:,} params; global batch {lay.global_batch} = "
             f"{lay.per_device} per device x {lay.grad_accum} accumulation x {lay.world_size} process(es); "
-            f"precision {self.acc.mixed_precision} on {self.acc.device} ({this_machine_precision(self.cfg.precision).reason}); "
+            f"precision {self.acc.mixed_precision} on {self.acc.device} ({self.precision_choice.reason}); "
             f"{self.engine.switches}"
         )
 
@@ -447,7 +448,7 @@ class Trainer:
             "class_names": self.class_names,
             "world_size": self.acc.num_processes,
             "precision": self.acc.mixed_precision,
-            "precision_reason": this_machine_precision(cfg.precision).reason,
+            "precision_reason": self.precision_choice.reason,
             "skipped_steps": self._windows_done() - state.step,  # by the fp16 loss scaler (inf/NaN gradients)
             "speed_switches": self.engine.switches,
             "tta": cfg.tta.value,
