@@ -32,6 +32,7 @@ class Shipment:
     best: Any  # evaluation.scores.VariantResult
     export: Any  # export.exporter.ExportReport
     summary: dict[str, str] = field(default_factory=dict)  # label -> text, in the report and on stdout
+    variants: list = field(default_factory=list)  # evaluation.scores.VariantResult, every variant
     report: Path | None = None  # report.html
 
 
@@ -65,7 +66,22 @@ def run_main_job(
             )
     if _parent_record(parent, configs) is not None and main_process:
         _finish_record(parent, job)
+    if job.shipment is not None:  # last, so that the report shows the run's finished record
+        job.shipment.report = write_report(parent, job.shipment)
     return job
+
+
+def write_report(parent: Path, shipment: Shipment) -> Path:
+    """parent/report.html: every variant, the export and the submission, and how the run was made."""
+    from fashiondist.evaluation.html import write_html_report
+
+    return write_html_report(
+        parent,
+        shipment.variants,
+        shipment.best,
+        extra=shipment.summary,
+        comparison_plot=parent / COMPARISON_FILE,
+    )
 
 
 def _parent_record(parent: Path | None, configs: list[TrainConfig]) -> Path | None:
@@ -148,13 +164,12 @@ def ship(
     results: Console,
     log: Console,
 ) -> Shipment:
-    """Report every variant, export the best to parent/model.onnx, with `test_csv` write the submission, and
-    write report.html last.
+    """Report every variant, export the best to parent/model.onnx, and with `test_csv` write the submission
+    (report.html is written after, by `write_report`, once the run's record is complete).
 
     With `quantize`, the int8 model is exported too and, when its accuracy holds, writes the submission
     (faster on the CPU); when it is refused, the float model does and the report says why.
     """
-    from fashiondist.evaluation.html import write_html_report
     from fashiondist.evaluation.sweep import evaluate_sweep
     from fashiondist.export.check_images import load_check_images
     from fashiondist.export.exporter import export_checkpoint
@@ -167,7 +182,7 @@ def ship(
         tta=Tta(best.summary.get("tta") or Tta.NONE.value), calibration_images=checks.calibration_images,
         quantize=quantize, log=lambda message: log.print(message, highlight=False),
     )  # fmt: skip
-    shipment = Shipment(best, export)
+    shipment = Shipment(best, export, variants=variants)
     shipment.summary = {
         "best model": best.name,
         "ONNX model": str(model_path),
@@ -179,9 +194,6 @@ def ship(
 
         submission = infer_csv(serving, test_csv, parent / SUBMISSION_FILE)
         shipment.summary["submission"] = f"{submission.out} ({submission.rows:,} rows, {serving.name})"
-    shipment.report = write_html_report(
-        parent, variants, best, extra=shipment.summary, comparison_plot=parent / COMPARISON_FILE
-    )
     return shipment
 
 

@@ -50,6 +50,8 @@ def test_models_test_quantize_ship_the_best_and_submit_with_the_model_that_serve
         assert variant["data"] == parent["data"] and variant["data"]["source"] == "sample"
     props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert props["data_sha256"] == parent["data"]["sha256"]
+    html = (out / "report.html").read_text()  # written after the record was completed, so it says so
+    assert f"{parent['finished']} (finished)" in html and "(running)" not in html
 
     submitted = _submission(out / "submission.csv")
     np.testing.assert_array_equal(submitted[:, 0], read_competition_csv(SAMPLE_TEST).ids)  # input order

@@ -250,7 +250,11 @@ def describe(record: dict[str, Any]) -> dict[str, str]:
         "CPU": f"{cpu['model']} ({isa}; ATen kernels {mach['torch_cpu_capability']}, "
         f"{mach['torch_threads']} torch threads)",
         "GPUs": gpus,
-        "processes": f"{dist['world_size']} ({dist['type']}, backend {dist['backend'] or 'none'})",
+        "processes": (
+            f"{dist['world_size']} (not distributed)"
+            if dist["type"] == "NO"  # accelerate's DistributedType.NO: one process
+            else f"{dist['world_size']} ({dist['type']}, backend {dist['backend'] or 'none'})"
+        ),
         "container image": env["image"] or "none",
         "data": f"{data['source']} ({data['split']}): {data['images']:,} images, {data['labels']:,} labels, "
         f"{data['sha256']}",
