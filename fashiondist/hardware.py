@@ -21,6 +21,7 @@ doctor command, the trainer's precision and a run's record of its machine all re
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import sys
@@ -277,3 +278,15 @@ def cuda_versions(driver_file: str = NVIDIA_DRIVER_FILE) -> dict[str, str | None
         first = ""
     numbers = [word for word in first.split() if word[:1].isdigit() and "." in word]
     return {"cuda": runtime, "driver": numbers[0] if numbers else None}
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of `package`, or None."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        if package == "fashiondist":  # run from a checkout before `pip install -e .`
+            from fashiondist import __version__
+
+            return __version__
+        return None

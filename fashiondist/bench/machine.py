@@ -13,10 +13,9 @@ import datetime
 import os
 import platform
 import sys
-from importlib import metadata
 from typing import Any
 
-from fashiondist.hardware import read_cpu
+from fashiondist.hardware import package_version, read_cpu
 
 _PACKAGES = (
     "fashiondist",
@@ -30,18 +29,6 @@ _PACKAGES = (
     "pyarrow",
 )
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def package_version(package: str) -> str | None:
-    """The installed version of `package`, or None."""
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        if package == "fashiondist":  # run from a checkout before `pip install -e .`
-            from fashiondist import __version__
-
-            return __version__
-        return None
 
 
 def load_average() -> list[float] | None:

@@ -47,8 +47,7 @@ def diagnose() -> dict[str, Any]:
     """Every fact `doctor` shows, as plain JSON-ready data."""
     import torch
 
-    from fashiondist.bench.machine import package_version
-    from fashiondist.hardware import cuda_gpus, read_cpu, resolve_precision
+    from fashiondist.hardware import cuda_gpus, package_version, read_cpu, resolve_precision
 
     cpu, gpus = read_cpu(), cuda_gpus()
     choice = resolve_precision("auto", cpu, gpus)

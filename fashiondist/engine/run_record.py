@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib.metadata
 import json
 import os
 import platform
@@ -30,7 +29,14 @@ from typing import Any
 from fashiondist import __version__
 from fashiondist.atomic_io import write_json
 from fashiondist.errors import InputError
-from fashiondist.hardware import ISA_FLAGS, PrecisionChoice, cuda_gpus, cuda_versions, read_cpu
+from fashiondist.hardware import (
+    ISA_FLAGS,
+    PrecisionChoice,
+    cuda_gpus,
+    cuda_versions,
+    package_version,
+    read_cpu,
+)
 
 RUN_FILE = "run.json"
 FORMAT = 1
@@ -81,13 +87,7 @@ def git_state(root: Path = PACKAGE_ROOT) -> dict[str, Any]:
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages that decide the numbers; None for one that is not installed."""
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {name: package_version(name) for name in PACKAGES}
 
 
 def machine() -> dict[str, Any]:
