@@ -27,4 +27,10 @@ case $PREEMPT in
 esac
 export FASHIONDIST_PREEMPT_SIGNAL=$PREEMPT
 export PET_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIG$PREEMPT"
+# A restarted group must not meet in the store of the group it replaces: torchrun's agent shares its c10d
+# rendezvous store with the workers across restarts without a per-attempt prefix (torch 2.14), so the
+# restarted ranks read the dead ones' gloo addresses and fail ("connectFullMesh ... Connection refused").
+# With sharing off, each group's rank 0 hosts a fresh store (checked here: kill -9 of a worker, restart 1
+# resumes from last/ and finishes).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 exec "${ACCELERATE:-accelerate}" launch "$@"

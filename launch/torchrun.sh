@@ -45,6 +45,12 @@ case $PREEMPT in
     *) echo "launch/torchrun.sh: error: FASHIONDIST_PREEMPT_SIGNAL=$PREEMPT: use USR1 or USR2" >&2; exit 2 ;;
 esac
 export FASHIONDIST_PREEMPT_SIGNAL=$PREEMPT  # the workers handle the same signal
+# A restarted group must not meet in the store of the group it replaces: torchrun's agent shares its c10d
+# rendezvous store with the workers across restarts without a per-attempt prefix (torch 2.14), so the
+# restarted ranks read the dead ones' gloo addresses and fail ("connectFullMesh ... Connection refused").
+# With sharing off, each group's rank 0 hosts a fresh store (checked here: kill -9 of a worker, restart 1
+# resumes from last/ and finishes).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 
 cmd=(
     "$PYTHON" -m torch.distributed.run
