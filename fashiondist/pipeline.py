@@ -147,15 +147,17 @@ def _train_each(
     configs: list[TrainConfig], record_dir: Path | None, accelerator, progress, data
 ) -> tuple[list, bool]:
     from fashiondist.engine.run_record import failure_recorded
+    from fashiondist.engine.tracker_run import start_tracker
     from fashiondist.engine.trainer import Trainer
 
     runs = []
     with progress, failure_recorded(record_dir, accelerator.is_main_process):
         for cfg in configs:
-            if cfg.log_with:
-                accelerator.init_trackers(cfg.model, config=cfg.to_dict())
             with failure_recorded(cfg.run_dir(), accelerator.is_main_process):
-                run = Trainer(cfg, accelerator, data, progress).run()
+                trainer = Trainer(cfg, accelerator, data, progress)
+                if cfg.log_with:  # after the Trainer read last/: a resumed run continues its tracker run
+                    start_tracker(accelerator, cfg, trainer.state)
+                run = trainer.run()
             if cfg.log_with:
                 accelerator.end_training()
             accelerator.free_memory()

@@ -37,10 +37,14 @@ class RunState:
     best_epoch: int = 0  # 1-based; 0: none yet
     stale_epochs: int = 0  # epochs since the best one, for early stopping
     scaler: dict[str, Any] | None = None  # the fp16 loss scaler's state
+    tracker_run: str | None = None  # the --log-with tracker's run id, reused on resume (engine.tracker_run)
     version: str = __version__
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["tracker_run"] is None:  # a run without --log-with keeps the file's older format
+            del data["tracker_run"]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, source: Path) -> RunState:
