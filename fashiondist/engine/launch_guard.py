@@ -60,9 +60,8 @@ def orphan_guard() -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
+        # No "parent already gone" check (getppid() == 1): in a container the launcher itself may be PID 1.
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() == 1:  # the launcher died before the request was made
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def config_digest(configs: list[TrainConfig]) -> str:
