@@ -138,11 +138,13 @@ def _reproduce(run: Path, out: Path, *extra: str, env: dict[str, str] | None = N
     return proc.stdout
 
 
+@pytest.mark.numerics
 def test_reproduce_on_the_same_machine_is_bitwise(run: Path, tmp_path: Path):
     stdout = _reproduce(run, tmp_path / "r", "--epochs", "2")
     assert "verdict: bitwise identical over 2 epochs (same machine kind, software and settings)" in stdout
 
 
+@pytest.mark.numerics
 def test_reproduce_names_another_thread_count(run: Path, tmp_path: Path):
     recorded = _record(run)["environment"]["machine"]["torch_threads"]
     other = 1 if recorded != 1 else 2
@@ -156,6 +158,7 @@ def test_reproduce_names_another_thread_count(run: Path, tmp_path: Path):
     )
 
 
+@pytest.mark.numerics
 def test_reproduce_names_another_precision(run: Path, tmp_path: Path):
     recorded = _record(run)["precision"]["resolved"]
     other = "no" if recorded == "bf16" else "bf16"
