@@ -39,6 +39,7 @@ from fashiondist.engine.prepared import TrainTally, prepare_training
 from fashiondist.engine.progress import TrainProgress
 from fashiondist.engine.run_state import RunState
 from fashiondist.engine.schedule import lr_at
+from fashiondist.engine.switches import speed_switches
 from fashiondist.errors import FashiondistError, InputError
 from fashiondist.hardware import this_machine_precision, warn_once
 from fashiondist.models.checkpoint import save_model
@@ -208,6 +209,10 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        with speed_switches(self.acc.device.type):  # process-wide: on for this run only (engine.switches)
+            return self._run()
+
+    def _run(self) -> RunResult:
         cfg, acc, state = self.cfg, self.acc, self.state
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
