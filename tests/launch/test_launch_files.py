@@ -12,11 +12,9 @@ and the GPU check, each checked the way its user relies on it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dev_tools import dev_tool
 
 from fashiondist.config import TrainConfig, resolve_config, sweep_models
 from fashiondist.models.registry import list_models, model_recipe
@@ -56,11 +55,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tool(name: str) -> str:
-    path = BIN / name if (BIN / name).exists() else shutil.which(name)
-    if not path:
-        pytest.skip(f"{name} is not installed (pip install -e '.[dev]' brings it)")
-    return str(path)
+_tool = dev_tool  # a missing shellcheck fails with its install line (tests/dev_tools.py)
 
 
 # --- accelerate configs ------------------------------------------------------------------------------------
@@ -404,10 +399,6 @@ def test_sbatch_forwards_term_without_requeue_and_reports_failures(fake_slurm):
 
 # --- the GPU check, CPU smoke mode -----------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("fashiondist.engine.trainer") is None,
-    reason="fashiondist.engine is not written yet",
-)
 def test_gpu_check_smoke_mode_runs_end_to_end_on_the_cpu(tmp_path):
     env = {**ENV, "GPU_CHECK_SMOKE": "1", "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
     proc = subprocess.run(
