@@ -44,6 +44,7 @@ from fashiondist.errors import FashiondistError, InputError
 from fashiondist.hardware import this_machine_precision, warn_once
 from fashiondist.models.checkpoint import save_model
 from fashiondist.models.complexity import count_parameters, macs_per_image
+from fashiondist.run_layout import BEST_DIR, CONFIG_FILE, LAST_DIR, METRICS_FILE, SUMMARY_FILE
 
 # How often (optimizer steps) the progress bar reads the running loss and the non-finite check looks back.
 REFRESH_EVERY = 25
@@ -138,7 +139,7 @@ class Trainer:
             self._restore(last)
         # read on every rank, so that a damaged file stops them all (not the main one alone, mid-collective)
         self.kept_metrics = (
-            run_checkpoint.kept_metric_lines(self.run_dir / run_checkpoint.METRICS, self.state.epoch)
+            run_checkpoint.kept_metric_lines(self.run_dir / METRICS_FILE, self.state.epoch)
             if last is not None
             else ([], None)  # a new run into an old directory keeps none of its lines
         )
@@ -183,7 +184,7 @@ class Trainer:
             )
         if last.fallback_note:
             self.progress.log(last.fallback_note)
-        best = self.run_dir / "best" / "model.safetensors"
+        best = self.run_dir / BEST_DIR / "model.safetensors"
         if best.is_file():
             self.best_weights = {
                 k: v.to(self.acc.device) for k, v in run_checkpoint.read_tensors(best).items()
@@ -218,7 +219,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stray in run_checkpoint.sweep_partial(self.run_dir):
                 self.progress.log(f"removed {stray}, left by a run that crashed while saving")
-            save_yaml(cfg, self.run_dir / "config.yaml")
+            save_yaml(cfg, self.run_dir / CONFIG_FILE)
             self._truncate_metrics()
             run_record.begin(
                 self.run_dir, cfg.to_dict(), acc, self.data_record, self.precision_choice,
@@ -239,8 +240,8 @@ class Trainer:
             self._save_last()
             acc.wait_for_everyone()
             self.progress.log(
-                f"{preempted}: saved {self.run_dir / 'last'} at step {state.step}; resume with the same "
-                f"command plus `--resume {self.run_dir / 'last'}` (or `--resume auto`)"
+                f"{preempted}: saved {self.run_dir / LAST_DIR} at step {state.step}; resume with the same "
+                f"command plus `--resume {self.run_dir / LAST_DIR}` (or `--resume auto`)"
             )
         else:
             self._finish()
@@ -306,7 +307,7 @@ class Trainer:
         if bad >= 0:
             raise FashiondistError(
                 f"{self.cfg.model}: non-finite loss at optimizer step {bad + 1} (epoch {self.state.epoch + 1}); "
-                f"stopped without saving, the last good checkpoint is {self.run_dir / 'last'}",
+                f"stopped without saving, the last good checkpoint is {self.run_dir / LAST_DIR}",
                 hint="lower --lr, add --set grad_clip=1.0, or use --precision bf16 instead of fp16",
             )
 
@@ -330,7 +331,7 @@ class Trainer:
         state.epoch, state.epoch_step, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
         state.stale_epochs = outcome.stale_epochs
         if acc.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            with open(self.run_dir / METRICS_FILE, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             if outcome.improved:
                 self._save_best(result, epoch)
@@ -393,13 +394,13 @@ class Trainer:
             "tta": self.cfg.tta.value,
             "ema": self.engine.ema is not None,
         }
-        with run_checkpoint.atomic_dir(self.run_dir / "best") as tmp:
+        with run_checkpoint.atomic_dir(self.run_dir / BEST_DIR) as tmp:
             self._save_weights(self._eval_model(), tmp, extra)
 
     def _truncate_metrics(self) -> None:
         """On resume, drop metric lines past the checkpoint (a run killed after logging but before saving) and
         a torn last line (killed while writing it), with a warning."""
-        path = self.run_dir / run_checkpoint.METRICS
+        path = self.run_dir / METRICS_FILE
         if not path.exists():
             return
         keep, warning = self.kept_metrics
@@ -433,7 +434,7 @@ class Trainer:
             )
         if acc.is_main_process:
             save_predictions(self.run_dir, result.labels, result.probs)
-            write_json(self.run_dir / "summary.json", self._summary(result, in_sync))
+            write_json(self.run_dir / SUMMARY_FILE, self._summary(result, in_sync))
         acc.wait_for_everyone()
 
     def _summary(self, result: EvalResult, in_sync: bool) -> dict[str, Any]:

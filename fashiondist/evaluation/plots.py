@@ -21,7 +21,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from fashiondist.atomic_io import write_bytes
-from fashiondist.evaluation.scores import VariantResult, load_predictions
+from fashiondist.evaluation.scores import VariantResult
+from fashiondist.run_layout import load_predictions
 
 PLOT_FILES = {
     "loss": "loss.png",

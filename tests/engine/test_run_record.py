@@ -172,8 +172,8 @@ def test_reproduce_names_another_precision(run: Path, tmp_path: Path):
 
 
 def _first_epoch_diffs(run: Path, rerun: Path):
-    first = read_metrics(run / "metrics.jsonl")[:1]
-    return compare_metrics(first, read_metrics(rerun / "metrics.jsonl"))
+    first = read_metrics(run)[:1]
+    return compare_metrics(first, read_metrics(rerun))
 
 
 def _refused(argv: list[str], capsys, *expected: str) -> None:
