@@ -42,6 +42,7 @@ from fashiondist.engine.schedule import lr_at
 from fashiondist.engine.switches import speed_switches
 from fashiondist.errors import FashiondistError, InputError
 from fashiondist.hardware import this_machine_precision, warn_once
+from fashiondist.metrics import cross_entropy
 from fashiondist.models.checkpoint import save_model
 from fashiondist.models.complexity import count_parameters, macs_per_image
 from fashiondist.run_layout import BEST_DIR, CONFIG_FILE, LAST_DIR, METRICS_FILE, SUMMARY_FILE
@@ -348,9 +349,13 @@ class Trainer:
         return {
             "epoch": state.epoch + 1,
             "step": state.step,
+            # Both losses are the training objective (with the run's label smoothing), so their curves compare;
+            # val_nll is the plain cross-entropy (the evaluation's log loss).
+            "loss": f"cross-entropy, label smoothing {cfg.label_smoothing:g}",
             "train_loss": loss_sum / seen,
             "train_acc": correct / seen,
-            "val_loss": result.loss,
+            "val_loss": cross_entropy(result.labels, result.probs, cfg.label_smoothing),
+            "val_nll": result.loss,
             "val_acc": result.accuracy,
             "val_count": result.count,
             "lr": lr_at(

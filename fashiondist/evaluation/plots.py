@@ -75,8 +75,11 @@ def curves_figure(history: list[dict[str, Any]], metric: str, name: str) -> Figu
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     epochs = _series(history, "epoch")
+    # which loss both curves are (metrics.jsonl's "loss", e.g. "cross-entropy, label smoothing 0.1")
+    what = history[-1].get("loss") if metric == "loss" and history else None
     for split in ("train", "val"):
-        ax.plot(epochs, _series(history, f"{split}_{metric}"), marker="o", markersize=3, label=split)
+        label = f"{split} ({_literal(what)})" if what else split
+        ax.plot(epochs, _series(history, f"{split}_{metric}"), marker="o", markersize=3, label=label)
     ax.set(title=title, xlabel="epoch", ylabel=metric)
     ax.grid(alpha=0.3)
     ax.legend()
