@@ -260,7 +260,7 @@ class Trainer:
             if self.resumed_from
             else ""
         )
-        images = f"{len(self.engine.batches):,} train / {len(self.val_labels):,} val images"
+        images = f"{self.engine.batches.num_images:,} train / {len(self.val_labels):,} val images"
         self.progress.log(
             f"{self.cfg.model}: {where}{images}, "
             f"{self.num_classes} classes, {self.params:,} params; global batch {lay.global_batch} = "
