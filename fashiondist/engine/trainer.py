@@ -127,7 +127,7 @@ class Trainer:
         last = run_checkpoint.load_last(cfg.resume, self.run_dir) if cfg.resume is not None else None
         self.resumed_from = last.directory if last is not None else None
         self.state = self._start_state(last)
-        self.engine = prepare_training(
+        self.prepared = prepare_training(
             cfg, accelerator, data.images[train_idx], data.labels[train_idx], self.num_classes,
             last.weights if last is not None else None,
         )  # fmt: skip
@@ -148,7 +148,7 @@ class Trainer:
     # --- state -----------------------------------------------------------------------------------------
     @property
     def raw_model(self) -> torch.nn.Module:
-        return self.engine.raw_model
+        return self.prepared.raw_model
 
     def _start_state(self, last: run_checkpoint.LastCheckpoint | None) -> RunState:
         """A fresh state, or the one in `last/` (checked against this run)."""
@@ -170,13 +170,13 @@ class Trainer:
 
     def _restore(self, last: run_checkpoint.LastCheckpoint) -> None:
         """Optimizer, EMA, loss scaler and best weights of a resumed run (the model's weights are in already)."""
-        engine, restore = self.engine, run_checkpoint.restore_into
+        prepared, restore = self.prepared, run_checkpoint.restore_into
         restore(
-            last.directory / run_checkpoint.OPTIMIZER_STATE, engine.optimizer.load_state_dict, last.optimizer
+            last.directory / run_checkpoint.OPTIMIZER_STATE, prepared.optimizer.load_state_dict, last.optimizer
         )
-        if engine.ema is not None and last.ema_weights is not None:
+        if prepared.ema is not None and last.ema_weights is not None:
             ema_file = last.directory / run_checkpoint.EMA_DIR / run_checkpoint.WEIGHTS
-            restore(ema_file, engine.ema.module.load_state_dict, last.ema_weights)
+            restore(ema_file, prepared.ema.module.load_state_dict, last.ema_weights)
         if self.state.scaler and self.acc.scaler is not None:
             restore(
                 last.directory / run_checkpoint.TRAINER_STATE,
@@ -204,10 +204,10 @@ class Trainer:
             return
         if self.acc.scaler is not None:
             self.state.scaler = self.acc.scaler.state_dict()
-        ema = self.engine.ema
+        ema = self.prepared.ema
         save_ema = functools.partial(self._save_weights, ema.module) if ema else None
         save = functools.partial(self._save_weights, self.raw_model)
-        run_checkpoint.save_last(self.run_dir, save, self.engine.optimizer, save_ema, self.state.to_json())
+        run_checkpoint.save_last(self.run_dir, save, self.prepared.optimizer, save_ema, self.state.to_json())
 
     # --- the loop --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -254,35 +254,35 @@ class Trainer:
         )  # fmt: skip
 
     def _announce(self) -> None:
-        lay, state = self.engine.batches.layout, self.state
+        lay, state = self.prepared.batches.layout, self.state
         where = (
             f"resuming {self.resumed_from} at epoch {state.epoch + 1}, step {state.step}; "
             if self.resumed_from
             else ""
         )
-        images = f"{self.engine.batches.num_images:,} train / {len(self.val_labels):,} val images"
+        images = f"{self.prepared.batches.num_images:,} train / {len(self.val_labels):,} val images"
         self.progress.log(
             f"{self.cfg.model}: {where}{images}, "
             f"{self.num_classes} classes, {self.params:,} params; global batch {lay.global_batch} = "
             f"{lay.per_device} per device x {lay.grad_accum} accumulation x {lay.world_size} process(es); "
             f"precision {self.acc.mixed_precision} on {self.acc.device} ({self.precision_choice.reason}); "
-            f"{self.engine.switches}"
+            f"{self.prepared.switches}"
         )
 
     def _train_epoch(self, watch: PreemptionWatch) -> str | None:
         """Train the epoch in progress from its next step; return the signal's name when a preemption stopped it."""
-        cfg, acc, state, engine = self.cfg, self.acc, self.state, self.engine
-        steps = engine.batches.steps_per_epoch
+        cfg, acc, state, prepared = self.cfg, self.acc, self.state, self.prepared
+        steps = prepared.batches.steps_per_epoch
         # each rank starts from its share of the all-rank sums a preempted epoch saved, so they add back up
         tally = TrainTally(acc.device, state.step, [s / acc.num_processes for s in state.epoch_sums])
-        micro_batches = engine.batches.epoch(state.epoch, state.epoch_step)
+        micro_batches = prepared.batches.epoch(state.epoch, state.epoch_step)
         self.progress.start_epoch(
             f"{cfg.model} epoch {state.epoch + 1}/{cfg.epochs}", steps, state.epoch_step
         )
-        engine.model.train()
+        prepared.model.train()
         t0 = time.perf_counter() - state.epoch_seconds
         while state.epoch_step < steps:
-            state.step += engine.step(micro_batches, state.step, tally)  # a step the fp16 scaler skipped: + 0
+            state.step += prepared.step(micro_batches, state.step, tally)  # a step the fp16 scaler skipped: + 0
             state.epoch_step += 1
             if state.epoch_step % REFRESH_EVERY == 0 or state.epoch_step == steps:
                 self._check_finite(tally)
@@ -313,7 +313,7 @@ class Trainer:
             )
 
     def _eval_model(self) -> torch.nn.Module:
-        return self.engine.ema.module if self.engine.ema is not None else self.raw_model
+        return self.prepared.ema.module if self.prepared.ema is not None else self.raw_model
 
     def _end_epoch(self, run_start: float) -> bool:
         """Evaluate, log, checkpoint; return True when early stopping ends the run."""
@@ -359,7 +359,7 @@ class Trainer:
             "val_acc": result.accuracy,
             "val_count": result.count,
             "lr": lr_at(
-                max(state.step - 1, 0), self.engine.total_steps, cfg.lr, cfg.warmup_fraction, cfg.schedule
+                max(state.step - 1, 0), self.prepared.total_steps, cfg.lr, cfg.warmup_fraction, cfg.schedule
             ),
             "images_per_s": seen / state.epoch_seconds,
             "epoch_seconds": state.epoch_seconds,
@@ -397,7 +397,7 @@ class Trainer:
             "metric": {"val_acc": result.accuracy, "val_loss": result.loss},
             "epoch": epoch,
             "tta": self.cfg.tta.value,
-            "ema": self.engine.ema is not None,
+            "ema": self.prepared.ema is not None,
         }
         with run_checkpoint.atomic_dir(self.run_dir / BEST_DIR) as tmp:
             self._save_weights(self._eval_model(), tmp, extra)
@@ -420,7 +420,7 @@ class Trainer:
 
     def _windows_done(self) -> int:
         """Accumulation windows trained so far: optimizer steps taken plus those the fp16 scaler skipped."""
-        return self.state.epoch * self.engine.batches.steps_per_epoch + self.state.epoch_step
+        return self.state.epoch * self.prepared.batches.steps_per_epoch + self.state.epoch_step
 
     def _images_per_s(self) -> float:
         done = self._windows_done() * self.cfg.batch_size
@@ -461,7 +461,7 @@ class Trainer:
             "precision": self.acc.mixed_precision,
             "precision_reason": self.precision_choice.reason,
             "skipped_steps": self._windows_done() - state.step,  # by the fp16 loss scaler (inf/NaN gradients)
-            "speed_switches": self.engine.switches,
+            "speed_switches": self.prepared.switches,
             "tta": cfg.tta.value,
             "global_batch": cfg.batch_size,
             "val_count": result.count,

@@ -106,7 +106,7 @@ def _trainer(cfg: TrainConfig, acc: Accelerator, data) -> Trainer:
 def test_skipped_steps_do_not_advance_the_schedule_and_resume_keeps_the_scale(fp16_cpu, small, tmp_path):
     cfg = _cfg(tmp_path, epochs=1, grad_clip=1.0)  # clipping unscales the gradients first (scaler.unscale_)
     trainer = _trainer(cfg, fp16_cpu(), small)
-    windows = trainer.engine.batches.steps_per_epoch
+    windows = trainer.prepared.batches.steps_per_epoch
     trainer.run()
     scale = trainer.acc.scaler.get_scale()
     assert scale < OVERFLOWING_SCALE
@@ -119,7 +119,7 @@ def test_skipped_steps_do_not_advance_the_schedule_and_resume_keeps_the_scale(fp
     assert record["step"] == state["step"] and np.isfinite(record["train_loss"])
     # The learning rate of the last step that ran, by hand from the linear schedule's definition (a warm-up
     # over warmup_fraction of the steps, then a linear decay to 0): a skipped step would have moved it on.
-    assert cfg.schedule is Schedule.LINEAR and trainer.engine.total_steps == windows
+    assert cfg.schedule is Schedule.LINEAR and trainer.prepared.total_steps == windows
     warm = round(cfg.warmup_fraction * windows)
 
     def linear(k: int) -> float:
