@@ -119,12 +119,15 @@ def test_resume_continues_bitwise(tmp_path, small_csv):
     # 4" is the same run as "4 epochs" (with the linear decay the plan changes; see the SIGTERM test for that case).
     flat = ["--schedule", "constant", "--set", "warmup_fraction=0"]
     flat += ["--model", "convnet", "--set", "model_kwargs.width=0.5"]
+    flat += ["--set", "ema=0.9"]  # the EMA too: its warm-up counts optimizer steps, which a resume restores
     _ok(_train(tmp_path / "straight", small_csv, *flat, "--epochs", "4"))
     _ok(_train(tmp_path / "resumed", small_csv, *flat, "--epochs", "2"))
     resumed = _ok(_train(tmp_path / "resumed", small_csv, *flat, "--epochs", "4", "--resume", "auto"))
     assert "resuming" in resumed.stderr
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(np.array_equal(a[k], b[k]) for k in a), "resumed weights must be bitwise equal"
+    a, b = _weights(tmp_path / "straight", "last/ema"), _weights(tmp_path / "resumed", "last/ema")
+    assert all(np.array_equal(a[k], b[k]) for k in a), "the resumed EMA must be bitwise equal"
     assert [m["epoch"] for m in _metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
     straight_acc = [m["val_acc"] for m in _metrics(tmp_path / "straight")]
     assert [m["val_acc"] for m in _metrics(tmp_path / "resumed")] == straight_acc
