@@ -170,13 +170,13 @@ class Trainer:
 
     def _restore(self, last: run_checkpoint.LastCheckpoint) -> None:
         """Optimizer, EMA, loss scaler and best weights of a resumed run (the model's weights are in already)."""
-        prepared, restore = self.prepared, run_checkpoint.restore_into
+        prep, restore = self.prepared, run_checkpoint.restore_into
         restore(
-            last.directory / run_checkpoint.OPTIMIZER_STATE, prepared.optimizer.load_state_dict, last.optimizer
+            last.directory / run_checkpoint.OPTIMIZER_STATE, prep.optimizer.load_state_dict, last.optimizer
         )
-        if prepared.ema is not None and last.ema_weights is not None:
+        if prep.ema is not None and last.ema_weights is not None:
             ema_file = last.directory / run_checkpoint.EMA_DIR / run_checkpoint.WEIGHTS
-            restore(ema_file, prepared.ema.module.load_state_dict, last.ema_weights)
+            restore(ema_file, prep.ema.module.load_state_dict, last.ema_weights)
         if self.state.scaler and self.acc.scaler is not None:
             restore(
                 last.directory / run_checkpoint.TRAINER_STATE,
@@ -271,18 +271,18 @@ class Trainer:
 
     def _train_epoch(self, watch: PreemptionWatch) -> str | None:
         """Train the epoch in progress from its next step; return the signal's name when a preemption stopped it."""
-        cfg, acc, state, prepared = self.cfg, self.acc, self.state, self.prepared
-        steps = prepared.batches.steps_per_epoch
+        cfg, acc, state, prep = self.cfg, self.acc, self.state, self.prepared
+        steps = prep.batches.steps_per_epoch
         # each rank starts from its share of the all-rank sums a preempted epoch saved, so they add back up
         tally = TrainTally(acc.device, state.step, [s / acc.num_processes for s in state.epoch_sums])
-        micro_batches = prepared.batches.epoch(state.epoch, state.epoch_step)
+        micro_batches = prep.batches.epoch(state.epoch, state.epoch_step)
         self.progress.start_epoch(
             f"{cfg.model} epoch {state.epoch + 1}/{cfg.epochs}", steps, state.epoch_step
         )
-        prepared.model.train()
+        prep.model.train()
         t0 = time.perf_counter() - state.epoch_seconds
         while state.epoch_step < steps:
-            state.step += prepared.step(micro_batches, state.step, tally)  # a step the fp16 scaler skipped: + 0
+            state.step += prep.step(micro_batches, state.step, tally)  # a step the fp16 scaler skipped: + 0
             state.epoch_step += 1
             if state.epoch_step % REFRESH_EVERY == 0 or state.epoch_step == steps:
                 self._check_finite(tally)
