@@ -13,20 +13,30 @@ w1 = fl(w0 - g), so g = w0 - w1 (exact in float64), off from the step's gradient
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from safetensors.numpy import load_file
 
-from fashiondist.config import Optimizer, Schedule, TrainConfig
+from fashiondist.config import Optimizer, Schedule, TrainConfig, load_saved_config
+from fashiondist.data.sources import load_data
+from fashiondist.data.split import stratified_split
 from fashiondist.engine.prepared import TrainTally, prepare_training
 from fashiondist.models.registry import create_model
 
 # Numerics-sensitive: CI runs this module again under AVX-512 (no AMX) and AVX2 kernel holds (.ci/run).
 pytestmark = pytest.mark.numerics
 
+REPO = Path(__file__).resolve().parents[2]
+CPU_DDP = REPO / "launch" / "accelerate" / "cpu_ddp.yaml"
 BATCH = 128
 U32 = 2.0**-24  # fp32 unit roundoff
 # The longest sum in the cnn's forward or backward pass: the first dense layer's dot products over the
@@ -109,4 +119,48 @@ def test_accumulation_matches_one_big_batch(fresh_accelerate, cfg, sample):
             worst = np.unravel_index(np.argmax(err - bound), err.shape)
             assert np.all(err <= bound), (
                 f"{label}: {name}{list(worst)} off by {err[worst]:.3g} > {bound[worst]:.3g}"
+            )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.ddp
+def test_two_rank_ddp_step_matches_one_process(fresh_accelerate, tiny_csv, tmp_path):
+    """Two gloo ranks of 128 images each step as one process over the 256 does: the first optimizer step of a
+    real `accelerate launch` run, and the same step in this process, each within the fp32 bound of float64."""
+    one_step = ["--model", "cnn", "--batch-size", "256", "--epochs", "1", "--precision", "no", "--quiet"]
+    one_step += ["--optimizer", "sgd", "--lr", "1", "--schedule", "constant", "--set", "warmup_fraction=0"]
+    for setting in ("momentum=0", "weight_decay=0", "label_smoothing=0", "augment=false", "ema=0"):
+        one_step += ["--set", setting]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_DDP)]
+    launch += ["--main_process_port", str(_free_port()), "-m", "fashiondist", "train", *one_step]
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [*launch, "--data", str(tiny_csv), "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "256 = 128 per device x 1 accumulation x 2 process(es)" in proc.stderr
+
+    cfg = load_saved_config(out / "config.yaml")  # the very settings the ranks ran with
+    data = load_data(str(tiny_csv))
+    train_idx, _ = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
+    images, labels, k = data.images[train_idx], data.labels[train_idx], data.num_classes
+    acc = Accelerator(cpu=True, mixed_precision="no")
+    w0, single, (batch,) = _one_step(cfg, acc, images, labels, k)
+    assert len(images) // 256 == 1, "one optimizer step in the epoch: the run's last/ is that step"
+    ddp = {
+        n: torch.from_numpy(v).double() for n, v in load_file(str(out / "last" / "model.safetensors")).items()
+    }
+
+    exact, magnitude = _float64_reference(cfg, w0, *batch, k)
+    for name, g64 in exact.items():
+        bound = _fp32_bound(magnitude[name].numpy(), single[name].numpy())
+        for label, after in (("one process", single), ("two ranks", ddp)):
+            err = np.abs((w0[name] - after[name]).numpy() - g64.numpy())
+            assert np.all(err <= bound), (
+                f"{label}: {name} off by up to {(err - bound).max():.3g} beyond the bound"
             )
