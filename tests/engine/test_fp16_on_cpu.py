@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import GradScalerKwargs
+from accelerate_state import reset_accelerate
 from rich.console import Console
 
 from fashiondist.config import Schedule, TrainConfig
@@ -42,7 +42,7 @@ def fp16_cpu():
     around each, as accelerate's own tests do, so other precisions before and after are unaffected)."""
 
     def make(init_scale: float = OVERFLOWING_SCALE) -> Accelerator:
-        AcceleratorState._reset_state(reset_partial_state=True)
+        reset_accelerate()
         scaling = GradScalerKwargs(init_scale=init_scale, growth_interval=NO_GROWTH)
         acc = Accelerator(cpu=True, mixed_precision="fp16", kwargs_handlers=[scaling])
         assert acc.scaler is None and not acc.native_amp, "accelerate turned fp16 on for the CPU by itself"
@@ -51,7 +51,7 @@ def fp16_cpu():
         return acc
 
     yield make
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate()
 
 
 @pytest.fixture(scope="module")
