@@ -38,9 +38,14 @@ class Optimizer(str, enum.Enum):
 
 
 class Schedule(str, enum.Enum):
-    ONECYCLE = "onecycle"  # linear warmup to lr, then linear decay to 0 (airbench-style triangle)
+    LINEAR = "linear"  # linear warmup to lr, then linear decay to 0 (airbench-style triangle)
     COSINE = "cosine"  # linear warmup, then cosine decay to 0
     CONSTANT = "constant"  # linear warmup, then flat
+
+    @classmethod
+    def _missing_(cls, value: object) -> Schedule | None:
+        # "onecycle": this schedule's old name (a misnomer: no momentum cycle), in configs saved before
+        return cls.LINEAR if value == "onecycle" else None
 
 
 class Tta(str, enum.Enum):
@@ -65,7 +70,7 @@ class TrainConfig:
     lr: float = 0.1  # peak learning rate at the global batch size above
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: Schedule = Schedule.ONECYCLE
+    schedule: Schedule = Schedule.LINEAR
     warmup_fraction: float = 0.2  # share of optimizer steps spent warming up
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 = off

@@ -33,14 +33,13 @@ from safetensors.torch import load_file
 from fashiondist.atomic_io import write_json
 from fashiondist.engine.run_state import RunState
 from fashiondist.errors import InputError
+from fashiondist.run_layout import BEST_DIR, LAST_DIR
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
 EMA_DIR = "ema"
 WEIGHTS = "model.safetensors"
-LAST_DIR = "last"
 PREVIOUS_LAST = ".last.prev"  # last/ as it was before the latest save
-METRICS = "metrics.jsonl"
 RESUME_HINT = "resume from another checkpoint, or rerun without --resume to start again"
 
 
@@ -148,7 +147,7 @@ def load_last(resume: str, run_dir: Path) -> LastCheckpoint | None:
                     f"{previous} (at epoch {checkpoint.state.epoch + 1}, step {checkpoint.state.step}) instead"
                 )
                 return checkpoint
-        best = last.parent / "best"
+        best = last.parent / BEST_DIR
         raise DamagedCheckpoint(
             damage.path,
             f"{damage.problem}; no earlier complete checkpoint to fall back on"

@@ -37,8 +37,8 @@ from fashiondist.hardware import (
     package_version,
     read_cpu,
 )
+from fashiondist.run_layout import RUN_FILE
 
-RUN_FILE = "run.json"
 FORMAT = 1
 IMAGE_ENV = "FASHIONDIST_IMAGE"
 PACKAGES = ("torch", "torchvision", "accelerate", "onnx", "onnxruntime", "numpy")

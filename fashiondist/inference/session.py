@@ -27,8 +27,6 @@ from fashiondist.inference.providers import ORT_PROVIDERS, PROVIDER_CHOICES, PRO
 # metadata_props keys every fashiondist model carries; fashiondist/export writes them (its tests open every
 # exported model through `open_session`, which holds the two sides together).
 REQUIRED_METADATA = ("fashiondist_version", "model", "num_classes", "class_names", "val_accuracy")
-# Keys fashiondist writes to some models only; when present they are checked like the required ones.
-OPTIONAL_METADATA = ("model_kwargs", "tta", "quantization", "epoch", "opset", "calibration_images")
 _REEXPORT_HINT = "re-export it with `fashiondist export`"
 _REPR = reprlib.Repr()  # a metadata value in a message: quoted, a long one cut in the middle
 _REPR.maxstring = 60
