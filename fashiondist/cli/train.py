@@ -181,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
         parent = configs[0].run_dir()  # one variant ships from its own run directory
     _check_sweep_wide(configs)
     _check_outputs(configs, parent)
+    from fashiondist.models.registry import check_model_kwargs
+
+    for cfg in configs:  # each variant's model_kwargs, before any data is loaded
+        check_model_kwargs(cfg.model, cfg.model_kwargs)
     from fashiondist.pipeline import run_main_job
 
     out = results_console()

@@ -31,6 +31,7 @@ from fashiondist.engine.progress import TrainProgress
 from fashiondist.engine.run_record import environment_differences, failure_recorded, read_run_record
 from fashiondist.engine.trainer import Trainer, make_accelerator
 from fashiondist.errors import InputError
+from fashiondist.output_paths import check_not_an_input, check_output_dir
 
 METRICS_FILE = "metrics.jsonl"
 # metric -> largest |difference| expected in another environment (accuracy as a fraction, loss in nats)
@@ -188,7 +189,9 @@ def reproduce_run(
     if not 1 <= epochs <= len(recorded):
         raise InputError(f"--epochs {epochs}: {run_dir / METRICS_FILE} records epochs 1 to {len(recorded)}")
     out = Path(out) if out is not None else run_dir.with_name(f"{run_dir.name}-reproduce")
-    if out.resolve() == run_dir.resolve() or (out.exists() and any(out.iterdir())):
+    check_output_dir(out, "--out")  # a file, a device, a directory nothing can be written in: refused here
+    check_not_an_input(out, "--out", run_dirs=[run_dir])
+    if out.exists() and any(out.iterdir()):
         raise InputError(f"--out {out}: not empty; the rerun needs a directory of its own")
     cfg = _rerun_config(run_dir, record, out, overrides or {})
     data = load_data(cfg.data, split=record["data"]["split"])

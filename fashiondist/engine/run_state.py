@@ -38,6 +38,8 @@ class RunState:
     stale_epochs: int = 0  # epochs since the best one, for early stopping
     scaler: dict[str, Any] | None = None  # the fp16 loss scaler's state
     version: str = __version__
+    # the config keys a resume must keep (run_checkpoint.RESUME_KEYS); None in checkpoints made before them
+    resume_keys: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
