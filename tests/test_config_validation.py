@@ -77,7 +77,9 @@ def _yaml(tmp_path: Path, text: str | bytes) -> Path:
 )
 def test_yaml_files_refused_in_one_line(text, expected, tmp_path: Path, capsys):
     config = _yaml(tmp_path, text)
-    _refused(["train", "--config", str(config), "--out", str(tmp_path / "run")], capsys, str(config), expected)
+    _refused(
+        ["train", "--config", str(config), "--out", str(tmp_path / "run")], capsys, str(config), expected
+    )
 
 
 BILLION_LAUGHS = "\n".join(
@@ -118,7 +120,11 @@ def test_trackers_are_accelerates():
 
 def test_accelerate_mixed_precision_garbage(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "garbage")
-    _refused(["train", "--out", str(tmp_path / "run"), "--epochs", "1"], capsys, "ACCELERATE_MIXED_PRECISION='garbage'")
+    _refused(
+        ["train", "--out", str(tmp_path / "run"), "--epochs", "1"],
+        capsys,
+        "ACCELERATE_MIXED_PRECISION='garbage'",
+    )
     _refused(["doctor"], capsys, "ACCELERATE_MIXED_PRECISION='garbage'")
 
 

@@ -164,7 +164,10 @@ def test_export_out_inside_the_run_it_reads(fake_run: Path, checkpoint: str, out
 def test_reproduce_out_a_file_or_inside_the_run(fake_run: Path, tmp_path: Path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("keep")
-    for out, problem in ((afile, "is a file, not a directory"), (fake_run / "again", "inside the run directory")):
+    for out, problem in (
+        (afile, "is a file, not a directory"),
+        (fake_run / "again", "inside the run directory"),
+    ):
         code = main(["reproduce", str(fake_run), "--out", str(out)])
         err = _one_line(capsys.readouterr().err)
         assert code == 2 and problem in err, err
@@ -191,7 +194,9 @@ def test_data_export_csv_onto_its_own_source(tmp_path: Path, capsys):
 @contextlib.contextmanager
 def _tmpfs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
     try:
@@ -230,14 +235,16 @@ def test_read_only_mid_write_the_cleanup_does_not_hide_the_error(tmp_path: Path,
         write_text(target, "old")
         real_replace = os.replace
 
-        def remount_then_replace(src, dst):  # the temp file is written and closed; then the mount turns read-only
+        def remount_then_replace(
+            src, dst
+        ):  # the temp file is written and closed; then the mount turns read-only
             subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
             real_replace(src, dst)
 
         monkeypatch.setattr("fashiondist.atomic_io.os.replace", remount_then_replace)
-        with pytest.raises(InputError, match=r"run.json: cannot write \(Read-only file system\)"):
-            with atomic_write(target) as handle:
-                handle.write(b"new")
+        refused = pytest.raises(InputError, match=r"run.json: cannot write \(Read-only file system\)")
+        with refused, atomic_write(target) as handle:
+            handle.write(b"new")
         assert target.read_text() == "old"
 
 

@@ -183,7 +183,9 @@ def reproduce_run(
     check_not_an_input(out, "--out", run_dirs=[run_dir])
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--out {out}: not empty; the rerun needs a directory of its own")
-    record = read_run_record(run_dir)  # every key checked: a hand-edited record fails here, not after the rerun
+    record = read_run_record(
+        run_dir
+    )  # every key checked: a hand-edited record fails here, not after the rerun
     if record["variants"]:
         first = next(iter(record["variants"]))
         raise InputError(

@@ -89,8 +89,12 @@ def test_infer_reads_stdin_and_process_substitution(onnx_model: Path, sample_tes
     subprocess.run([*cli, str(plain), "--model", str(onnx_model), "--out", str(outs["file"])], check=True)
     with plain.open("rb") as stdin:
         subprocess.run(
-            [*cli, "/dev/stdin", "--model", str(onnx_model), "--out", str(outs["stdin"])], stdin=stdin, check=True
+            [*cli, "/dev/stdin", "--model", str(onnx_model), "--out", str(outs["stdin"])],
+            stdin=stdin,
+            check=True,
         )
-    command = " ".join([*cli, f"<(cat {plain})", "--model", str(onnx_model), "--out", str(outs["substitution"])])
+    command = " ".join(
+        [*cli, f"<(cat {plain})", "--model", str(onnx_model), "--out", str(outs["substitution"])]
+    )
     subprocess.run(["bash", "-c", command], check=True, stdin=subprocess.DEVNULL)
     assert outs["stdin"].read_text() == outs["file"].read_text() == outs["substitution"].read_text()

@@ -22,8 +22,12 @@ def _first_row_only(path: Path, metadata: dict[str, str]) -> Path:
         helper.make_node("Cast", ["pixels"], ["x"], to=TensorProto.FLOAT),
         helper.make_node("Flatten", ["x"], ["flat"]),
         helper.make_node("MatMul", ["flat", "w"], ["logits"]),
-        helper.make_node("Constant", [], ["starts"], value=helper.make_tensor("s", TensorProto.INT64, [1], [0])),
-        helper.make_node("Constant", [], ["ends"], value=helper.make_tensor("e", TensorProto.INT64, [1], [1])),
+        helper.make_node(
+            "Constant", [], ["starts"], value=helper.make_tensor("s", TensorProto.INT64, [1], [0])
+        ),
+        helper.make_node(
+            "Constant", [], ["ends"], value=helper.make_tensor("e", TensorProto.INT64, [1], [1])
+        ),
         helper.make_node("Slice", ["logits", "starts", "ends"], ["first"]),  # [N, 10] -> [1, 10]
         helper.make_node("Softmax", ["first"], ["probs"], axis=1),
     ]
@@ -40,13 +44,17 @@ def _first_row_only(path: Path, metadata: dict[str, str]) -> Path:
     return path
 
 
-def test_an_output_with_the_wrong_row_count_is_refused(onnx_model: Path, sample_test_csv: Path, tmp_path, capsys):
+def test_an_output_with_the_wrong_row_count_is_refused(
+    onnx_model: Path, sample_test_csv: Path, tmp_path, capsys
+):
     metadata = {p.key: p.value for p in onnx.load(onnx_model).metadata_props}
     metadata["num_classes"] = "10"
     metadata["class_names"] = json.dumps([f"c{i}" for i in range(10)])
     model = _first_row_only(tmp_path / "foreign.onnx", metadata)
     out = tmp_path / "submission.csv"
-    code = main(["infer", str(sample_test_csv), "--model", str(model), "--out", str(out), "--batch-size", "7"])
+    code = main(
+        ["infer", str(sample_test_csv), "--model", str(model), "--out", str(out), "--batch-size", "7"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "output 'probs' is [1, 10] for a batch of 7 images, expected [7, 10]" in err
