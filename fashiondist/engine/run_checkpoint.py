@@ -14,6 +14,7 @@ InputError naming the file and what to do, or, where `.last.prev/` is complete, 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -30,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from fashiondist.atomic_io import write_json
+from fashiondist.atomic_io import write_bytes, write_json
 from fashiondist.engine.run_state import RunState
 from fashiondist.errors import FashiondistError, InputError
 
@@ -158,7 +159,11 @@ def save_last(
     target = run_dir / LAST_DIR
     with atomic_dir(target, keep_previous=run_dir / PREVIOUS_LAST) as tmp:
         save_weights(tmp)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_STATE)
+        # serialized in memory, then written by atomic_io: torch's own file writer turns a full disk into a
+        # RuntimeError ("unexpected pos ..."); write_bytes makes it the one-line write refusal
+        buffer = io.BytesIO()
+        torch.save(optimizer.state_dict(), buffer)
+        write_bytes(tmp / OPTIMIZER_STATE, buffer.getvalue())
         if ema_save_weights is not None:
             ema_save_weights(tmp / EMA_DIR)
         write_json(tmp / TRAINER_STATE, state)

@@ -9,6 +9,7 @@ One real 1-epoch run on sample images is trained once; each case edits a copy of
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -208,3 +209,27 @@ def test_a_bf16_run_that_diverges_at_once(tiny_csv, tmp_path):
     assert proc.returncode == 1 and "non-finite loss" in line, proc.stderr[-2000:]
     assert "no checkpoint was saved before it" in line and "last good" not in line
     assert "bf16 instead of fp16" not in line
+
+
+# --- a full disk while training -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_train_on_a_full_disk_is_one_line(tiny_csv, tiny_train, tmp_path, capsys):
+    """The checkpoint does not fit a 1 MB tmpfs: exit 2 and one line, not torch's 'unexpected pos' error."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        code = main(
+            ["train", *tiny_train, "--epochs", "1", "--data", str(tiny_csv), "--out", str(small / "run")]
+        )
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and err.startswith("fashiondist: error: ") and "No space left on device" in err, err
+        assert not [p for p in small.rglob("*") if ".tmp" in p.name]  # no temp file or directory left
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
