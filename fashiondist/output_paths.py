@@ -25,10 +25,13 @@ import os
 import stat
 import string
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from fashiondist.errors import InputError
+
+# the inputs an output must not be: paths, or a mapping from what each is ("the model") to its path
+Inputs = Iterable[str | os.PathLike | None] | Mapping[str, str | os.PathLike | None]
 
 
 def check_output_dir(path: str | os.PathLike, option: str) -> Path:
@@ -43,7 +46,7 @@ def check_output_dir(path: str | os.PathLike, option: str) -> Path:
 def check_output_file(
     path: str | os.PathLike,
     option: str,
-    inputs: Iterable[str | os.PathLike | None] = (),
+    inputs: Inputs = (),
     run_dirs: Iterable[str | os.PathLike | None] = (),
 ) -> Path:
     """`path` as a Path, when a new file can be written there or a regular file replaced, in an existing
@@ -68,20 +71,21 @@ def check_output_file(
 def check_not_an_input(
     path: str | os.PathLike,
     option: str,
-    inputs: Iterable[str | os.PathLike | None] = (),
+    inputs: Inputs = (),
     run_dirs: Iterable[str | os.PathLike | None] = (),
 ) -> None:
     """InputError when the output `path` is one of `inputs` (the same file by any name) or lies inside one of
-    `run_dirs` (directories the command reads: writing anything in them may destroy what it reads)."""
+    `run_dirs` (directories the command reads: writing anything in them may destroy what it reads).
+    `inputs` may map what each input is ("the model") to its path, for the message."""
     path = Path(path)
     target = _real(path)
-    for given in inputs:
+    named = inputs.items() if isinstance(inputs, Mapping) else ((None, given) for given in inputs)
+    for label, given in named:
         if given is None:
             continue
         if _same_file(path, Path(given)):
-            raise InputError(
-                f"{option} {path}: is the command's own input {given}", hint="choose another file name"
-            )
+            what = label or f"the command's own input {given}"
+            raise InputError(f"{option} {path}: is {what}; choose another file name")
     for given in run_dirs:
         if given is None:
             continue

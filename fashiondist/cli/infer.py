@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     from fashiondist.inference.session import open_session
     from fashiondist.output_paths import check_output_file
 
-    check_output_file(args.out, "--out", inputs=[args.csv, args.model])  # before any work
+    check_output_file(
+        args.out, "--out", inputs={"the input CSV": args.csv, "the model": args.model}
+    )  # before any work
     model = open_session(args.model, args.provider, args.threads)
     with _progress(Path(args.csv), model.provider) as advance:
         result = infer_csv(

@@ -42,7 +42,10 @@ class RunState:
     resume_keys: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["resume_keys"] is None:  # a state read from a file without them is written back unchanged
+            del out["resume_keys"]
+        return out
 
     @classmethod
     def from_json(cls, data: Any, source: Path) -> RunState:

@@ -38,7 +38,7 @@ def infer_csv(
     """Predict every row of `csv_path` and write `Id,Label` (plus probabilities) to `out`, atomically."""
     start = time.perf_counter()
     csv_path, out = Path(csv_path), Path(out)
-    check_output_file(out, "--out", inputs=[csv_path, model_path])
+    check_output_file(out, "--out", inputs={"the input CSV": csv_path, "the model": model_path})
     model = model or open_session(model_path, provider, threads)
     correct = labelled = 0
     with open_submission(out, model.num_classes if probs else None) as writer:
