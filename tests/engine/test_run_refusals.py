@@ -233,3 +233,52 @@ def test_train_on_a_full_disk_is_one_line(tiny_csv, tiny_train, tmp_path, capsys
         assert not [p for p in small.rglob("*") if ".tmp" in p.name]  # no temp file or directory left
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only mount needs root (CI runs as root)")
+def test_evaluate_and_reproduce_a_read_only_run(trained, tmp_path, capsys):
+    """A run on a read-only file system: `evaluate` (which writes its report into the run) and `reproduce`
+    (whose default output sits beside it) are one line each, exit 2; the run is untouched."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(ro)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        run = ro / "run"
+        shutil.copytree(trained, run)
+        before = _snapshot(run)
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        assert main(["evaluate", str(run)]) == 2
+        assert "Read-only file system" in _one_line(capsys).replace("\n", "")
+        assert main(["reproduce", str(run)]) == 2
+        assert "Read-only file system" in _one_line(capsys)
+        assert _snapshot(run) == before
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_train_test_csv_is_not_the_submission(tiny_csv, tiny_train, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    test = out / "submission.csv"
+    shutil.copy(tiny_csv, test)
+    before = test.read_bytes()
+    code = main(
+        [
+            "train",
+            *tiny_train,
+            "--epochs",
+            "1",
+            "--data",
+            str(tiny_csv),
+            "--out",
+            str(out),
+            "--test",
+            str(test),
+        ]
+    )
+    assert code == 2 and "is the --test CSV" in _one_line(capsys)
+    assert test.read_bytes() == before and not (out / "run.json").exists()  # refused before training
