@@ -31,6 +31,7 @@ from fashiondist.engine.progress import TrainProgress
 from fashiondist.engine.run_record import environment_differences, failure_recorded, read_run_record
 from fashiondist.engine.trainer import Trainer, make_accelerator
 from fashiondist.errors import InputError
+from fashiondist.output_paths import check_not_an_input, check_output_dir
 from fashiondist.run_layout import CONFIG_FILE, METRICS_FILE
 
 # metric -> largest |difference| expected in another environment (accuracy as a fraction, loss in nats)
@@ -168,7 +169,14 @@ def reproduce_run(
 ) -> Reproduction:
     """Rerun `run_dir` (its first `epochs` epochs, default all it recorded) into `out` and compare."""
     run_dir = Path(run_dir)
-    record = read_run_record(run_dir)
+    out = Path(out) if out is not None else run_dir.with_name(f"{run_dir.name}-reproduce")
+    check_output_dir(out, "--out")  # a file, a device, a directory nothing can be written in: refused first
+    check_not_an_input(out, "--out", run_dirs=[run_dir])
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"--out {out}: not empty; the rerun needs a directory of its own")
+    record = read_run_record(
+        run_dir
+    )  # every key checked: a hand-edited record fails here, not after the rerun
     if record["variants"]:
         first = next(iter(record["variants"]))
         raise InputError(
@@ -178,9 +186,6 @@ def reproduce_run(
     epochs = len(recorded) if epochs is None else epochs
     if not 1 <= epochs <= len(recorded):
         raise InputError(f"--epochs {epochs}: {run_dir / METRICS_FILE} records epochs 1 to {len(recorded)}")
-    out = Path(out) if out is not None else run_dir.with_name(f"{run_dir.name}-reproduce")
-    if out.resolve() == run_dir.resolve() or (out.exists() and any(out.iterdir())):
-        raise InputError(f"--out {out}: not empty; the rerun needs a directory of its own")
     cfg = _rerun_config(run_dir, record, out, overrides or {})
     data = load_data(cfg.data, split=record["data"]["split"])
     digest = data_digest(data.images, data.labels)

@@ -38,9 +38,14 @@ class RunState:
     stale_epochs: int = 0  # epochs since the best one, for early stopping
     scaler: dict[str, Any] | None = None  # the fp16 loss scaler's state
     version: str = __version__
+    # the config keys a resume must keep (run_checkpoint.RESUME_KEYS); None in checkpoints made before them
+    resume_keys: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["resume_keys"] is None:  # a state read from a file without them is written back unchanged
+            del out["resume_keys"]
+        return out
 
     @classmethod
     def from_json(cls, data: Any, source: Path) -> RunState:

@@ -40,7 +40,7 @@ from fashiondist.engine.progress import TrainProgress
 from fashiondist.engine.run_state import RunState
 from fashiondist.engine.schedule import lr_at
 from fashiondist.engine.switches import speed_switches
-from fashiondist.errors import FashiondistError, InputError
+from fashiondist.errors import InputError
 from fashiondist.hardware import this_machine_precision, warn_once
 from fashiondist.metrics import cross_entropy
 from fashiondist.models.checkpoint import save_model
@@ -154,19 +154,10 @@ class Trainer:
         """A fresh state, or the one in `last/` (checked against this run)."""
         cfg = self.cfg
         if last is None:
-            return RunState(cfg.model, cfg.model_kwargs, cfg.batch_size)
-        state = last.state
-        for key, mine in (
-            ("model", cfg.model),
-            ("model_kwargs", cfg.model_kwargs),
-            ("global_batch", cfg.batch_size),
-        ):
-            if getattr(state, key) != mine:
-                raise InputError(
-                    f"--resume {last.directory}: the checkpoint has {key}={getattr(state, key)!r}, this run {mine!r}",
-                    hint="resume with the same model and global batch, or start a new --out",
-                )
-        return state
+            keys = run_checkpoint.resume_keys(cfg.to_dict())
+            return RunState(cfg.model, cfg.model_kwargs, cfg.batch_size, resume_keys=keys)
+        run_checkpoint.check_resumable(last, cfg.to_dict())
+        return last.state
 
     def _restore(self, last: run_checkpoint.LastCheckpoint) -> None:
         """Optimizer, EMA, loss scaler and best weights of a resumed run (the model's weights are in already)."""
@@ -306,11 +297,13 @@ class Trainer:
     def _check_finite(self, tally: TrainTally) -> None:
         bad = int(tally.first_bad)
         if bad >= 0:
-            raise FashiondistError(
-                f"{self.cfg.model}: non-finite loss at optimizer step {bad + 1} (epoch {self.state.epoch + 1}); "
-                f"stopped without saving, the last good checkpoint is {self.run_dir / LAST_DIR}",
-                hint="lower --lr, add --set grad_clip=1.0, or use --precision bf16 instead of fp16",
-            )
+            ours = (
+                self.resumed_from is not None or self.state.epoch > 0
+            )  # last/ of this run, not an older one's
+            raise run_checkpoint.non_finite_loss(
+                self.cfg.model, bad + 1, self.state.epoch + 1, self.run_dir if ours else None,
+                str(self.acc.mixed_precision),
+            )  # fmt: skip
 
     def _eval_model(self) -> torch.nn.Module:
         return self.prepared.ema.module if self.prepared.ema is not None else self.raw_model
