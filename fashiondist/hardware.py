@@ -189,6 +189,15 @@ def resolve_precision(
 
 def _auto(cpu: Cpu, gpus: list[Gpu], env: Mapping[str, str]) -> tuple[str, str]:
     launched = env.get(ACCELERATE_PRECISION_ENV, "").strip().lower()
+    if launched and launched not in (
+        NO,
+        FP16,
+        BF16,
+    ):  # accelerate's fp8 needs hardware and kernels we do not use
+        raise InputError(
+            f"{ACCELERATE_PRECISION_ENV}={launched!r}: not one of {NO}, {FP16}, {BF16}",
+            hint="fix the accelerate config's mixed_precision (or unset the variable)",
+        )
     if launched and launched != NO:
         return (
             launched,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from fashiondist.cli._common import formatter, positive_int
+from fashiondist.cli._common import formatter, positive_int, thread_count
 from fashiondist.constants import INFER_BATCH_SIZE
 from fashiondist.inference.providers import PROVIDER_CHOICES
 
@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         metavar="N",
         help="CPU threads for onnxruntime (default: one per core)",
@@ -79,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from fashiondist.inference.job import infer_csv
     from fashiondist.inference.session import open_session
+    from fashiondist.output_paths import check_output_file
 
+    check_output_file(
+        args.out, "--out", inputs={"the input CSV": args.csv, "the model": args.model}
+    )  # before any work
     model = open_session(args.model, args.provider, args.threads)
     with _progress(Path(args.csv), model.provider) as advance:
         result = infer_csv(
@@ -138,6 +142,8 @@ def _count_rows(path: Path) -> int | None:
     A line ends at `\\n`, `\\r\\n` or `\\r` (old Mac files), as for the reader: the more common of the two bytes.
     """
     newlines = returns = 0
+    if not path.is_file():
+        return None  # a pipe (/dev/stdin, <(...)): its bytes are the reader's alone
     try:
         with path.open("rb") as f:
             if f.read(2) == b"\x1f\x8b":

@@ -71,6 +71,6 @@ class PreemptionWatch:
         if step % every:
             return False
         flag = torch.tensor([1.0 if self.signal_name else 0.0], device=accelerator.device)
-        if accelerator.num_processes > 1:
-            flag = accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
+        return bool(
+            accelerator.reduce(flag, reduction="sum").item() > 0
+        )  # several processes (1 returned above)

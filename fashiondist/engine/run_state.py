@@ -39,12 +39,17 @@ class RunState:
     scaler: dict[str, Any] | None = None  # the fp16 loss scaler's state
     tracker_run: str | None = None  # the --log-with tracker's run id, reused on resume (engine.tracker_run)
     version: str = __version__
+    # the config keys a resume must keep (run_checkpoint.RESUME_KEYS); None in checkpoints made before them
+    resume_keys: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        if data["tracker_run"] is None:  # a run without --log-with keeps the file's older format
-            del data["tracker_run"]
-        return data
+        out = dataclasses.asdict(self)
+        # absent when None: a state read from a file without them (or a run without --log-with) is written
+        # back unchanged
+        for key in ("tracker_run", "resume_keys"):
+            if out[key] is None:
+                del out[key]
+        return out
 
     @classmethod
     def from_json(cls, data: Any, source: Path) -> RunState:
