@@ -86,6 +86,7 @@ class TrainConfig:
     out: str = "runs/{model}"
     resume: str | None = None  # a `last/` directory, a run directory, or "auto"
     log_with: str | None = None  # an accelerate tracker: tensorboard, wandb, ...
+    dist_timeout: float = 1800.0  # seconds a collective waits for a lost peer before the process group fails
     quiet: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,6 +237,7 @@ def validate(cfg: TrainConfig) -> None:
         (0.0 <= cfg.ema < 1.0, "ema", "must be in [0, 1)"),
         (0.0 <= cfg.erase <= 1.0, "erase", "must be in [0, 1]"),
         (cfg.shift >= 0, "shift", "must be >= 0"),
+        (cfg.dist_timeout > 0, "dist_timeout", "must be a positive number of seconds"),
         (cfg.early_stop >= 0, "early_stop", "must be >= 0"),
         (0 <= cfg.seed <= SEED_MAX, "seed", f"must be in 0..{SEED_MAX} (2**32 - 1)"),
         (cfg.weight_decay >= 0.0, "weight_decay", "must be >= 0"),

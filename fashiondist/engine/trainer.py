@@ -15,16 +15,18 @@ except for BatchNorm statistics and dropout masks, which are per process by natu
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from fashiondist import __version__
 from fashiondist.atomic_io import atomic_write, write_json
@@ -41,7 +43,7 @@ from fashiondist.engine.run_state import RunState
 from fashiondist.engine.schedule import lr_at
 from fashiondist.engine.switches import speed_switches
 from fashiondist.errors import InputError
-from fashiondist.hardware import this_machine_precision, warn_once
+from fashiondist.hardware import PrecisionChoice, cpu_forced, this_machine_precision, warn_once
 from fashiondist.metrics import cross_entropy
 from fashiondist.models.checkpoint import save_model
 from fashiondist.models.complexity import count_parameters, macs_per_image
@@ -71,18 +73,37 @@ def make_accelerator(cfg: TrainConfig, project_dir: str | Path | None = None) ->
     otherwise start N world-size-1 copies instead of one gloo group. `compile` asks accelerate's dynamo
     plugin for torch.compile (inductor); without it the launcher's config decides (by default: no).
     """
-    choice = this_machine_precision(cfg.precision)
+    choice = this_machine_precision(cfg.precision)  # the run's one resolution: see `run_precision`
+    # dist_timeout: how long a collective waits for a missing peer before the process group gives up
+    group = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist_timeout))
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
+        cpu=cpu_forced() or not torch.cuda.is_available(),
         mixed_precision=choice.precision,
         dynamo_backend="inductor" if cfg.compile else None,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=cfg.log_with,
         project_dir=str(project_dir) if project_dir is not None else None,
+        kwargs_handlers=[group],
     )
+    _PRECISIONS[accelerator] = choice
     if choice.warning and accelerator.is_main_process:
         warn_once(choice.warning)
     return accelerator
+
+
+_PRECISIONS: weakref.WeakKeyDictionary[Accelerator, PrecisionChoice] = weakref.WeakKeyDictionary()
+
+
+def run_precision(accelerator: Accelerator, requested: str) -> PrecisionChoice:
+    """The precision choice `make_accelerator` resolved for this Accelerator (once per run; the trainer and
+    the run records read it here). An Accelerator made elsewhere (a test's) reports what it was given."""
+    choice = _PRECISIONS.get(accelerator)
+    if choice is None:
+        given = accelerator.mixed_precision
+        choice = PrecisionChoice(
+            getattr(requested, "value", requested), given, f"the Accelerator was given {given}"
+        )
+    return choice
 
 
 @dataclass(frozen=True)
@@ -118,7 +139,7 @@ class Trainer:
         self.class_names = list(data.class_names)
         self.epoch_limit = min(cfg.epochs, epoch_limit or cfg.epochs)
         self.data_record = data_record(data) if accelerator.is_main_process else None
-        self.precision_choice = this_machine_precision(cfg.precision)  # what `auto` picked here, and why
+        self.precision_choice = run_precision(accelerator, cfg.precision)  # what `auto` picked, and why
 
         train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
         # the validation split lives on the device too: uint8 [M, 1, H, W], int64 [M]

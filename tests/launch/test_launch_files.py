@@ -273,8 +273,9 @@ def test_torchrun_sh_defaults_and_passes_arguments_on():
         "--nnodes 1",
         "--node-rank 0",
         "--nproc-per-node gpu",
-        "--master-addr 127.0.0.1",
-        "--master-port 29500",
+        "--rdzv-backend c10d",
+        "--rdzv-endpoint 127.0.0.1:29500",
+        "--max-restarts 3",
         "SIGUSR1",
         "-m fashiondist train --model cnn --set lr=0.1",
     ):
