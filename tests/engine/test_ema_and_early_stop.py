@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from fashiondist.config import load_saved_config
 from fashiondist.engine.ema import Ema
-from fashiondist.run_layout import METRICS_FILE, SUMMARY_FILE
+from fashiondist.metrics import cross_entropy
+from fashiondist.run_layout import METRICS_FILE, SUMMARY_FILE, load_predictions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +45,7 @@ def test_ema_decay_warms_up_then_holds(tmp_path):
 def test_early_stop_ends_after_the_stale_epochs(tmp_path, tiny_train, tiny_csv):
     out = tmp_path / "run"
     frozen = ["--optimizer", "sgd", "--lr", "1e-30", "--set", "momentum=0", "--set", "early_stop=2"]
+    frozen += ["--set", "label_smoothing=0.1"]  # a smoothed objective, for the loss check below
     cmd = [sys.executable, "-m", "fashiondist", "train", *tiny_train, "--epochs", "6", *frozen]
     cmd += ["--data", str(tiny_csv), "--out", str(out)]
     proc = subprocess.run(
@@ -53,6 +56,12 @@ def test_early_stop_ends_after_the_stale_epochs(tmp_path, tiny_train, tiny_csv):
     # epoch 1 improves on nothing; epochs 2 and 3 are the two stale ones; the run stops there, not at 6
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert len({r["val_acc"] for r in records}) == 1, "the frozen weights predicted differently"
+    # The loss curves measure one thing: val_loss is the training objective (here with label smoothing
+    # 0.1) on the validation images; frozen weights make the saved predictions every epoch's, so it is exact.
+    cfg = load_saved_config(out / "config.yaml")
+    y, probs = load_predictions(out)
+    assert records[0]["loss"] == f"cross-entropy, label smoothing {cfg.label_smoothing:g}"
+    assert cfg.label_smoothing > 0 and records[0]["val_loss"] == cross_entropy(y, probs, cfg.label_smoothing)
     assert "cnn: early stop, no better validation accuracy for 2 epochs" in proc.stderr
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["epochs"] == 3 and summary["best_epoch"] == 1
