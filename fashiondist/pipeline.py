@@ -149,6 +149,10 @@ def _train_each(
             if cfg.log_with:
                 accelerator.end_training()
             accelerator.free_memory()
+            if cfg.private_test and not run.preempted_by and accelerator.is_main_process and not cfg.folds:
+                from fashiondist.engine.private_test import score_private_test
+
+                score_private_test(cfg.run_dir(), cfg, data.images, data.labels)
             runs.append(run)
             if run.preempted_by:
                 break
@@ -231,7 +235,12 @@ def run_folds(cfg: TrainConfig, results: Console | None = None) -> MainJob:
     job = MainJob(runs, main_process, bool(runs and runs[-1].preempted_by))
     if main_process and not job.preempted:
         with run_record.failure_recorded(parent if todo else None, main_process):
-            cv = write_cv(parent, cfg, load_data(cfg.data).labels)
+            data = load_data(cfg.data)
+            cv = write_cv(parent, cfg, data.labels)
+            if cfg.private_test:
+                from fashiondist.engine.private_test import score_private_test
+
+                cv["private_test"] = score_private_test(parent, cfg, data.images, data.labels)["accuracy"]
         if todo:  # before the report, which shows the finished record
             run_record.finish(parent, "finished", {"cv": cv})
         report_run(parent, results or results_console())

@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         job = run_folds(configs[0], out)
         if job.main_process and not job.preempted:
             out.print(f"cross-validation: {configs[0].run_dir()}", highlight=False)
+            _print_private_test(out, configs[0].run_dir())
         return 0
     job = run_main_job(configs, parent, test_csv=args.test, quantize=args.quantize, results=out)
     if not job.main_process or job.preempted:
@@ -219,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
             f"{r.model}: best validation accuracy {r.best_val_acc:.4f} at epoch {r.best_epoch}/{r.epochs_done}, "
             f"{r.images_per_s:,.0f} images/s, {r.train_seconds:.1f} s of training -> {r.run_dir}"
         )
+        _print_private_test(out, r.run_dir)
         return 0
     _print_shipment(out, job.shipment, parent)
     return 0
@@ -233,6 +235,21 @@ def _print_shipment(out, shipment, parent: Path) -> None:
     for key, value in shipment.summary.items():
         out.print(f"{key}: {value}", highlight=False)
     out.print(f"leaderboard: {parent / 'leaderboard.md'}\nreport: {shipment.report}", highlight=False)
+
+
+def _print_private_test(out, run_dir: Path) -> None:
+    import json
+
+    from fashiondist.engine.private_test import PRIVATE_TEST_FILE
+
+    path = run_dir / PRIVATE_TEST_FILE
+    if path.is_file():
+        score = json.loads(path.read_text())
+        out.print(
+            f"private test split: {score['accuracy']:.2%} ± {score['standard_error']:.2%} on "
+            f"{score['images']:,} images ({score['how']}) -> {path}",
+            highlight=False,
+        )
 
 
 def _check_folds(configs, multi: bool, args) -> None:

@@ -114,6 +114,10 @@ def test_folds_export_as_one_graph_that_infer_serves(cv_run, tmp_path, sample_te
     assert [Path(m["run"]).name for m in members] == ["fold-0", "fold-1"]
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert report["accuracy"]["agrees"] is True and report["accuracy"]["images"] == PRIVATE
+    private = json.loads((cv_run / "private_test.json").read_text())  # scored by the run, the same ensemble
+    assert private["images"] == PRIVATE and report["accuracy"]["run_accuracy"] == pytest.approx(
+        private["accuracy"]
+    )
     # the graph's probabilities are the mean of the members' own, computed here in float64
     from fashiondist.inference.predict import predict_proba
     from fashiondist.inference.session import open_model_bytes
@@ -147,6 +151,8 @@ def test_a_student_distils_the_cached_ensemble(cv_run, tiny_csv, tmp_path):
     )  # the same float32 computation, another batch split
     config = json.loads((out / "run.json").read_text())["config"]
     assert config["teacher"] == str(cv_run) and config["distill_weight"] == 0.7
+    private = json.loads((out / "private_test.json").read_text())
+    assert private["images"] == PRIVATE and private["scored"] == [str(out / "best")]
     stamp = (out / TEACHER_FILE).stat().st_mtime_ns
     _run([*args, "--resume", "auto"])
     assert (out / TEACHER_FILE).stat().st_mtime_ns == stamp  # computed once, read back
