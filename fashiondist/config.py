@@ -198,7 +198,7 @@ def validate(cfg: TrainConfig) -> None:
         (0.0 <= cfg.mix_prob <= 1.0, "mix_prob", "must be in [0, 1]"),
         (0.0 <= cfg.mix_switch_prob <= 1.0, "mix_switch_prob", "must be in [0, 1]"),
         (cfg.folds == 0 or cfg.folds >= 2, "folds", "must be 0 (one split) or at least 2"),
-        (cfg.fold is None or 0 <= cfg.fold < max(cfg.folds, 1), "fold", "must be in [0, folds)"),
+        (cfg.fold is None or 0 <= cfg.fold < cfg.folds, "fold", "needs folds >= 2 and must be in [0, folds)"),
         (cfg.private_test >= 0, "private_test", "must be >= 0"),
         (cfg.distill_temperature > 0, "distill_temperature", "must be positive"),
         (0.0 <= cfg.distill_weight <= 1.0, "distill_weight", "must be in [0, 1]"),

@@ -73,6 +73,10 @@ def _shared_validation(
     """(images, labels, record) of the members' common validation split, from the runs' own predictions."""
     if len({_split_key(c) for c in configs}) != 1 or configs[0].fold is not None:
         return None
+    if not all(
+        (m.parent / PREDICTIONS_FILE).is_file() and (m.parent / "summary.json").is_file() for m in members
+    ):
+        return None  # bare checkpoints: nothing the runs measured to compare with
     data = load_data(configs[0].data)
     val_idx = run_split(data.labels, configs[0])[1]
     probs, precisions = [], []
@@ -95,7 +99,8 @@ def _shared_validation(
 def _folds_check(
     ensemble: torch.nn.Module, configs: list[TrainConfig], tmp: Path, log: Callable[[str], None]
 ) -> tuple[np.ndarray, np.ndarray, ValidationRecord]:
-    """The private test split (or, without one, the folds' images), scored by the float32 PyTorch ensemble."""
+    """The private test split (or, without one, the members' validation images), scored by the float32 PyTorch
+    ensemble (folds, or members with different validation splits)."""
     cfg = configs[0]
     data = load_data(cfg.data)
     if cfg.private_test > 0:
@@ -103,7 +108,7 @@ def _folds_check(
         where = f"the {len(index):,} private test images"
     else:
         index = np.sort(np.concatenate([run_split(data.labels, c)[1] for c in configs]))
-        where = f"the {len(index):,} images the folds validated on (in-sample for the ensemble)"
+        where = f"the {len(index):,} images the members validated on (in-sample for the ensemble)"
     log(f"ensemble accuracy checked on {where}")
     images, labels = data.images[index], data.labels[index]
     probs = model_probs(ensemble, torch.as_tensor(images).unsqueeze(1), cfg.eval_batch_size).numpy()

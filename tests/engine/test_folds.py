@@ -135,6 +135,24 @@ def test_folds_export_as_one_graph_that_infer_serves(cv_run, tmp_path, sample_te
     assert sub.read_text().startswith("Id,Label\n") and len(sub.read_text().splitlines()) == 1001
 
 
+def test_a_sweeps_k_best_variants_export_as_one_graph(cv_run, tmp_path, capsys):
+    import shutil
+
+    from fashiondist.evaluation.sweep import evaluate_sweep
+
+    sweep = tmp_path / "sweep"
+    for name, fold in (("a", 0), ("b", 1)):
+        shutil.copytree(cv_run / f"fold-{fold}", sweep / name)
+    _, best = evaluate_sweep(sweep, [sweep / "a", sweep / "b"], __import__("rich.console").console.Console())
+    out = tmp_path / "top2.onnx"
+    assert main(["export", str(sweep), "--ensemble", "2", "--out", str(out)]) == 0
+    members = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["ensemble_members"])
+    assert Path(members[0]["run"]).name == best.name and len(members) == 2  # leaderboard order
+    capsys.readouterr()
+    assert main(["export", str(sweep), "--ensemble", "3", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "--ensemble 3: the sweep" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+
+
 def test_a_student_distils_the_cached_ensemble(cv_run, tiny_csv, tmp_path):
     out = tmp_path / "student"
     args = ["train", *FOLDS[:11], "--private-test", str(PRIVATE), "--data", str(tiny_csv), "--out", str(out)]
