@@ -81,6 +81,21 @@ class TrainConfig:
     shift: int = 2  # max translation in pixels (pad + crop)
     erase: float = 0.0  # probability of random erasing per image
     tta: Tta = Tta.NONE
+    # mixup / cutmix (engine/mixing.py): Beta(alpha, alpha) concentrations, 0 = off; per-image probability
+    # of mixing; with both on, the probability of cutmix over mixup
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
+    folds: int = (
+        0  # K >= 2: stratified K-fold cross-validation, one model per fold in OUT/fold-i (engine/folds.py)
+    )
+    fold: int | None = None  # which fold this run validates on (set by the folds driver, one run per fold)
+    private_test: int = 0  # images held out of everything (a fixed seeded stratified pick), scored at the end
+    # distillation (engine/distill.py): teacher run directories (comma-separated; a folds run means its folds)
+    teacher: str | None = None
+    distill_temperature: float = 1.0
+    distill_weight: float = 0.5  # share of the teacher's term in the loss; the rest is the true labels'
     early_stop: int = 0  # stop after this many epochs without a better validation accuracy; 0 = off
     seed: int = 0
     out: str = "runs/{model}"
@@ -244,6 +259,14 @@ def validate(cfg: TrainConfig) -> None:
         (0.0 <= cfg.momentum < 1.0, "momentum", "must be in [0, 1)"),
         (cfg.grad_clip >= 0.0, "grad_clip", "must be >= 0 (0 = off)"),
         (_known_trackers(cfg.log_with), "log_with", f"is not an accelerate tracker ({', '.join(TRACKERS)})"),
+        (cfg.mixup >= 0 and cfg.cutmix >= 0, "mixup" if cfg.mixup < 0 else "cutmix", "must be >= 0"),
+        (0.0 <= cfg.mix_prob <= 1.0, "mix_prob", "must be in [0, 1]"),
+        (0.0 <= cfg.mix_switch_prob <= 1.0, "mix_switch_prob", "must be in [0, 1]"),
+        (cfg.folds == 0 or cfg.folds >= 2, "folds", "must be 0 (one split) or at least 2"),
+        (cfg.fold is None or 0 <= cfg.fold < cfg.folds, "fold", "needs folds >= 2 and must be in [0, folds)"),
+        (cfg.private_test >= 0, "private_test", "must be >= 0"),
+        (cfg.distill_temperature > 0, "distill_temperature", "must be positive"),
+        (0.0 <= cfg.distill_weight <= 1.0, "distill_weight", "must be in [0, 1]"),
     ]
     for ok, key, problem in checks:
         if not ok:

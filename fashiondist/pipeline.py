@@ -99,7 +99,7 @@ def _begin_record(parent: Path, configs: list[TrainConfig], accelerator, data) -
     from fashiondist.engine.trainer import run_precision
 
     parent.mkdir(parents=True, exist_ok=True)
-    variants = {cfg.model: cfg.to_dict() for cfg in configs}
+    variants = {cfg.run_dir().name: cfg.to_dict() for cfg in configs}  # the model's name, or fold-i
     choice = run_precision(accelerator, configs[0].precision)
     resumed = any(cfg.resume for cfg in configs)
     run_record.begin(parent, None, accelerator, data_record(data), choice, variants=variants, resumed=resumed)
@@ -161,6 +161,10 @@ def _train_each(
             if cfg.log_with:
                 accelerator.end_training()
             accelerator.free_memory()
+            if cfg.private_test and not run.preempted_by and accelerator.is_main_process and not cfg.folds:
+                from fashiondist.engine.private_test import score_private_test
+
+                score_private_test(cfg.run_dir(), cfg, data.images, data.labels)
             runs.append(run)
             if run.preempted_by:
                 break
@@ -221,3 +225,37 @@ def _serving_model(export, model_path: Path, summary: dict[str, str]) -> Path:
         f"{int8.path} (validation accuracy {int8.int8_accuracy:.2%} vs {int8.fp32_accuracy:.2%} fp32)"
     )
     return Path(int8.path)
+
+
+def run_folds(cfg: TrainConfig, results: Console | None = None) -> MainJob:
+    """K-fold cross-validation (`engine.folds`): train the unfinished folds into RUN/fold-i, then write RUN's
+    out-of-fold predictions and summary and report them (the leaderboard's CV column, the OOF confusion
+    matrix and per-class table, report.html)."""
+    from accelerate import PartialState
+
+    from fashiondist.data.sources import load_data
+    from fashiondist.engine import run_record
+    from fashiondist.engine.folds import finished, fold_configs, write_cv
+    from fashiondist.evaluation.sweep import report_run
+
+    parent = cfg.run_dir()
+    todo = [c for c in fold_configs(cfg) if not finished(c)]
+    if todo:
+        runs, main_process = train_all(todo, parent, log_console())
+    else:
+        runs, main_process = [], PartialState().is_main_process
+    job = MainJob(runs, main_process, bool(runs and runs[-1].preempted_by))
+    if main_process and not job.preempted:
+        with run_record.failure_recorded(parent if todo else None, main_process):
+            data = load_data(cfg.data)
+            cv = write_cv(parent, cfg, data.labels)
+            if cfg.private_test:
+                from fashiondist.engine.private_test import score_private_test
+
+                cv["private_test"] = score_private_test(parent, cfg, data.images, data.labels)["accuracy"]
+        if todo:  # before the report, which shows the finished record
+            run_record.finish(parent, "finished", {"cv": cv})
+        report_run(parent, results or results_console())
+    elif main_process and todo:
+        run_record.finish(parent, "preempted", None)
+    return job

@@ -12,7 +12,9 @@
   `read_summary`;
 - `best/` and `last/`: the best epoch's weights, and the resumable state of the latest (`engine.run_checkpoint`,
   `models.checkpoint`);
-- `evaluation.json`: written by `fashiondist evaluate` (`evaluation.scores`).
+- `evaluation.json`: written by `fashiondist evaluate` (`evaluation.scores`);
+- `fold-i/`, `teacher_probs.npz`, `private_test.json`: a `--folds` run's folds, a distilled run's cached
+  teacher probabilities, and the private split's score (`engine.folds`, `engine.distill`, `engine.private_test`).
 
 Torch-free (numpy and json only), so every stage, the benchmarks and the torch-free inference side may import it.
 Nothing here is ever loaded with pickle.
@@ -37,6 +39,9 @@ SUMMARY_FILE = "summary.json"
 EVALUATION_FILE = "evaluation.json"
 BEST_DIR = "best"
 LAST_DIR = "last"
+FOLD_PREFIX = "fold-"  # a --folds run's i-th fold is an ordinary run in RUN/fold-i
+TEACHER_FILE = "teacher_probs.npz"  # a distilled run's cached teacher probabilities (engine.distill)
+PRIVATE_TEST_FILE = "private_test.json"  # the best weights scored on the private split (engine.private_test)
 
 SUMMARY_KEYS = (
     "model",

@@ -29,6 +29,9 @@ examples:
   fashiondist export runs/convnet --out model.onnx
   fashiondist export runs/convnet/best/model.safetensors --out model.onnx --tta none   # not the run's TTA
   fashiondist export runs/convnet --out model.onnx --quantize int8 --data fashion-mnist
+  fashiondist export runs/cv5 --out model.onnx                  # a --folds run: its folds as one ensemble
+  fashiondist export runs/sweep --ensemble 3 --out model.onnx   # the sweep's 3 best variants, one graph
+  fashiondist export runs/a runs/b --out model.onnx             # any runs, averaged in probability space
 """
 
 
@@ -42,7 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "checkpoint",
         metavar="RUN_DIR|CHECKPOINT",
-        help="a run directory, its best/ directory, or a model.safetensors",
+        nargs="+",
+        help="a run directory, its best/ directory, or a model.safetensors; several runs, a --folds run or "
+        "--ensemble K: one ensemble graph (fashiondist/export/ensemble.py)",
+    )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help="export the K best variants of a sweep directory as one graph",
     )
     parser.add_argument(
         "--out",
@@ -90,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
 
     log = log_console()
     check_opset(args.opset)  # before any work: an opset the exporter or onnxruntime cannot take
-    checkpoint = Path(args.checkpoint)
+    if _is_ensemble(args):
+        return _run_ensemble(args, log)
+    checkpoint = Path(args.checkpoint[0])
     if not checkpoint.exists():
         raise InputError(f"{checkpoint}: no such run directory or checkpoint")
     out = (
@@ -144,6 +157,37 @@ def _resume_dirs(checkpoint: Path) -> list[Path]:
     from fashiondist.engine.run_checkpoint import LAST_DIR, PREVIOUS_LAST
 
     return [_run_of(checkpoint) / LAST_DIR, _run_of(checkpoint) / PREVIOUS_LAST]
+
+
+def _is_ensemble(args: argparse.Namespace) -> bool:
+    from fashiondist.run_layout import FOLD_PREFIX
+
+    return (
+        len(args.checkpoint) > 1
+        or args.ensemble is not None
+        or (Path(args.checkpoint[0]) / f"{FOLD_PREFIX}0").is_dir()
+    )
+
+
+def _run_ensemble(args: argparse.Namespace, log) -> int:
+    from fashiondist.consoles import results_console
+    from fashiondist.errors import InputError
+    from fashiondist.export.ensemble import export_ensemble
+    from fashiondist.output_paths import check_output_file
+
+    paths = [Path(p) for p in args.checkpoint]
+    for path in paths:
+        if not path.is_dir():
+            raise InputError(f"{path}: no such run directory")
+    if args.quantize or args.tta or args.data:
+        raise InputError(
+            "an ensemble export takes no --quantize, --tta or --data (each member keeps its own)"
+        )
+    out = Path(args.out) if args.out else paths[0] / "model.onnx"
+    check_output_file(out, "--out")
+    report = export_ensemble(paths, out, top_k=args.ensemble, log=lambda m: log.print(m, highlight=False))
+    results_console().print(export_table(report))
+    return 0
 
 
 def export_table(report):

@@ -35,7 +35,7 @@ SIGTERM or SIGUSR1 saves OUT/last at the next step and exits 0; rerun with --res
 _FLAG_KEYS = (
     "data", "epochs", "batch_size", "grad_accum", "precision", "lr", "optimizer", "schedule", "label_smoothing",
     "ema", "augment", "seed", "val_fraction", "out", "resume", "log_with", "quiet", "tta", "early_stop",
-    "compile",
+    "compile", "mixup", "cutmix", "folds", "private_test", "teacher",
 )  # fmt: skip
 
 
@@ -82,6 +82,26 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--augment", action=argparse.BooleanOptionalAction, default=None, help="random flip + translation"
+    )
+    p.add_argument(
+        "--mixup", type=float, metavar="ALPHA", help="mixup with lam ~ Beta(ALPHA, ALPHA), e.g. 0.2; 0: off"
+    )
+    p.add_argument(
+        "--cutmix", type=float, metavar="ALPHA", help="cutmix with lam ~ Beta(ALPHA, ALPHA), e.g. 1.0; 0: off"
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="stratified K-fold cross-validation: one model per fold, OUT/fold-i",
+    )
+    p.add_argument(
+        "--private-test", type=int, metavar="N", help="hold N images out of everything; scored at the end"
+    )
+    p.add_argument(
+        "--teacher",
+        metavar="RUN[,RUN...]",
+        help="distil these runs' averaged probabilities (a folds run: its folds)",
     )
     p.add_argument("--tta", choices=[m.value for m in Tta], help="test-time augmentation at evaluation")
     p.add_argument(
@@ -190,9 +210,16 @@ def run(args: argparse.Namespace) -> int:
 
     for cfg in configs:  # each variant's model_kwargs, before any data is loaded
         check_model_kwargs(cfg.model, cfg.model_kwargs)
-    from fashiondist.pipeline import run_main_job
+    from fashiondist.pipeline import run_folds, run_main_job
 
     out = results_console()
+    if configs[0].folds >= 2:
+        _check_folds(configs, multi, args)
+        job = run_folds(configs[0], out)
+        if job.main_process and not job.preempted:
+            out.print(f"cross-validation: {configs[0].run_dir()}", highlight=False)
+            _print_private_test(out, configs[0].run_dir())
+        return 0
     job = run_main_job(configs, parent, test_csv=args.test, quantize=args.quantize, results=out)
     if not job.main_process or job.preempted:
         return 0
@@ -202,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
             f"{r.model}: best validation accuracy {r.best_val_acc:.4f} at epoch {r.best_epoch}/{r.epochs_done}, "
             f"{r.images_per_s:,.0f} images/s, {r.train_seconds:.1f} s of training -> {r.run_dir}"
         )
+        _print_private_test(out, r.run_dir)
         return 0
     _print_shipment(out, job.shipment, parent)
     return 0
@@ -216,6 +244,31 @@ def _print_shipment(out, shipment, parent: Path) -> None:
     for key, value in shipment.summary.items():
         out.print(f"{key}: {value}", highlight=False)
     out.print(f"leaderboard: {parent / 'leaderboard.md'}\nreport: {shipment.report}", highlight=False)
+
+
+def _print_private_test(out, run_dir: Path) -> None:
+    import json
+
+    from fashiondist.run_layout import PRIVATE_TEST_FILE
+
+    path = run_dir / PRIVATE_TEST_FILE
+    if path.is_file():
+        score = json.loads(path.read_text())
+        out.print(
+            f"private test split: {score['accuracy']:.2%} ± {score['standard_error']:.2%} on "
+            f"{score['images']:,} images ({score['how']}) -> {path}",
+            highlight=False,
+        )
+
+
+def _check_folds(configs, multi: bool, args) -> None:
+    from fashiondist.errors import InputError
+
+    if multi or args.test or args.quantize:
+        raise InputError(
+            "--folds trains one model per fold: use it with one --model, without --test/--quantize",
+            hint="then `fashiondist export RUN --out model.onnx` exports the folds as one ensemble",
+        )
 
 
 def _check_sweep_wide(configs) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
+from fashiondist.engine.mixing import MixSettings, apply_mix, draw_mix_plan, mix_targets
 from fashiondist.errors import InputError
 
 # A run's seed and an epoch index mix into one generator seed; the multiplier keeps (seed, epoch) pairs apart.
@@ -134,7 +135,12 @@ class TrainBatches:
         augment: bool,
         shift: int,
         erase: float,
+        mixing: MixSettings | None = None,
+        num_classes: int | None = None,
+        teacher: torch.Tensor | None = None,
     ):
+        """`mixing`: mixup/cutmix (`engine.mixing`); `teacher`: float32 [N, K] targets distilled beside the
+        labels (`engine.distill`). Either one makes the batches' targets soft, over `num_classes` classes."""
         if len(images) < layout.global_batch:
             raise InputError(
                 f"--batch-size {layout.global_batch} is larger than the {len(images)} training images",
@@ -149,6 +155,9 @@ class TrainBatches:
         self.augment = augment
         self.shift = shift if augment else 0
         self.erase = erase if augment else 0.0
+        self.mixing = mixing if mixing is not None and mixing.enabled else None
+        self.num_classes = num_classes if num_classes is not None else int(labels.max()) + 1
+        self.teacher = teacher.to(device) if teacher is not None else None
 
     @property
     def num_images(self) -> int:
@@ -166,6 +175,7 @@ class TrainBatches:
         n = len(self.images)
         order = torch.randperm(n, generator=gen)
         plan = draw_augment_plan(n, gen, flip=self.augment, shift=self.shift, erase=self.erase)
+        mix = draw_mix_plan(n, gen, self.mixing).to(self.device) if self.mixing is not None else None
         lay = self.layout
         order = order.to(self.device, non_blocking=True)
         plan = plan.to(self.device)
@@ -178,7 +188,27 @@ class TrainBatches:
                 x = self.images[index]
                 if self.augment:
                     x = apply_augment(x, plan.take(positions))
-                yield x, self.labels[index]
+                targets = self._targets(index)
+                if mix is not None:
+                    # the partner at its own position: its image, its augmentation, its targets
+                    m = mix.take(positions)
+                    partner = order[m.partner]
+                    px = self.images[partner]
+                    if self.augment:
+                        px = apply_augment(px, plan.take(m.partner))
+                    x = apply_mix(x, px, m)
+                    targets = mix_targets(targets, self._targets(partner), m.lam)
+                yield x, targets
+
+    def _targets(self, index: torch.Tensor) -> torch.Tensor:
+        """Labels [b]; one-hot float32 [b, K] under mixing; [b, 2, K] (labels, teacher) with a teacher."""
+        labels = self.labels[index]
+        if self.mixing is None and self.teacher is None:
+            return labels
+        one_hot = torch.nn.functional.one_hot(labels, self.num_classes).float()  # [b, K]
+        if self.teacher is None:
+            return one_hot
+        return torch.stack([one_hot, self.teacher[index]], dim=1)  # [b, 2, K]
 
 
 def shard_for_eval(n: int, rank: int, world_size: int) -> tuple[torch.Tensor, int]:

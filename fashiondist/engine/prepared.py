@@ -22,7 +22,9 @@ from accelerate.utils import set_seed
 
 from fashiondist.config import Optimizer, TrainConfig
 from fashiondist.engine.batches import BatchLayout, TrainBatches
+from fashiondist.engine.distill import add_distillation, split_targets
 from fashiondist.engine.ema import Ema
+from fashiondist.engine.mixing import MixSettings, hard_labels
 from fashiondist.engine.schedule import lr_at
 from fashiondist.engine.switches import describe_speed_switches
 from fashiondist.models.registry import create_model
@@ -61,7 +63,8 @@ class TrainTally:
         self._step = torch.tensor(step, device=device)  # the optimizer step in progress, kept on the device
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Count one micro-batch: its mean loss, its logits [b, K] and labels [b]."""
+        """Count one micro-batch: its mean loss, its logits [b, K] and labels [b] (or soft targets: `mixing`)."""
+        labels = hard_labels(labels)
         images = torch.tensor(len(labels), dtype=torch.float64, device=self.sums.device)
         correct = (logits.argmax(1) == labels).sum().double()
         self.sums += torch.stack([loss.double() * len(labels), correct, images])
@@ -121,7 +124,10 @@ class PreparedTraining:
         optimizer step `step`, clip and step (accelerate's optimizer skips the others). Returns (loss, logits)."""
         cfg, acc, optimizer = self.cfg, self.acc, self.optimizer
         with acc.accumulate(self.model):
-            loss, logits = self.model(x, targets=y, label_smoothing=cfg.label_smoothing)
+            targets, teacher = split_targets(y)
+            loss, logits = self.model(x, targets=targets, label_smoothing=cfg.label_smoothing)
+            if teacher is not None:
+                loss = add_distillation(loss, logits, teacher, cfg.distill_temperature, cfg.distill_weight)
             acc.backward(loss)
             if acc.sync_gradients:
                 lr = lr_at(step, self.total_steps, cfg.lr, cfg.warmup_fraction, cfg.schedule)
@@ -141,16 +147,20 @@ def prepare_training(
     labels: np.ndarray,
     num_classes: int,
     weights: dict[str, torch.Tensor] | None = None,
+    teacher: torch.Tensor | None = None,
 ) -> PreparedTraining:
     """Set up one process to train `cfg.model` on uint8 `images` [N, H, W] with int64 `labels` [N].
 
     `weights` (a state dict, e.g. a resumed `last/`) replace the seeded initial ones before the model moves to
-    the device, so DDP's start-up broadcast and the EMA's first copy both see them.
+    the device, so DDP's start-up broadcast and the EMA's first copy both see them. `teacher`: float32 [N, K]
+    probabilities to distil (`engine.distill.teacher_targets`), one row per training image.
     """
     layout = BatchLayout.of(cfg.batch_size, cfg.grad_accum, acc.num_processes)
+    mixing = MixSettings(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob)
     batches = TrainBatches(
-        images, labels, layout, acc.process_index, acc.device, cfg.seed, cfg.augment, cfg.shift, cfg.erase
-    )
+        images, labels, layout, acc.process_index, acc.device, cfg.seed, cfg.augment, cfg.shift, cfg.erase,
+        mixing, num_classes, teacher,
+    )  # fmt: skip
     set_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = create_model(cfg.model, num_classes, **cfg.model_kwargs)
     if cfg.channels_last:

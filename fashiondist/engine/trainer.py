@@ -32,9 +32,10 @@ from fashiondist import __version__
 from fashiondist.atomic_io import atomic_write, write_json
 from fashiondist.config import TrainConfig, save_yaml
 from fashiondist.data.digest import data_record
+from fashiondist.data.folds import run_split
 from fashiondist.data.sources import Dataset
-from fashiondist.data.split import stratified_split
 from fashiondist.engine import run_checkpoint, run_record
+from fashiondist.engine.distill import teacher_targets
 from fashiondist.engine.evaluate import EvalResult, evaluate, save_predictions
 from fashiondist.engine.preemption import PreemptionWatch
 from fashiondist.engine.prepared import TrainTally, prepare_training
@@ -141,16 +142,19 @@ class Trainer:
         self.data_record = data_record(data) if accelerator.is_main_process else None
         self.precision_choice = run_precision(accelerator, cfg.precision)  # what `auto` picked, and why
 
-        train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
+        train_idx, val_idx = run_split(data.labels, cfg)  # private test, fold or val_fraction split
         # the validation split lives on the device too: uint8 [M, 1, H, W], int64 [M]
         self.val_images = torch.as_tensor(data.images[val_idx], device=accelerator.device).unsqueeze(1)
         self.val_labels = torch.as_tensor(data.labels[val_idx], dtype=torch.int64, device=accelerator.device)
         last = run_checkpoint.load_last(cfg.resume, self.run_dir) if cfg.resume is not None else None
         self.resumed_from = last.directory if last is not None else None
         self.state = self._start_state(last)
+        teacher = (
+            teacher_targets(accelerator, cfg, data.images[train_idx], self.run_dir) if cfg.teacher else None
+        )
         self.prepared = prepare_training(
             cfg, accelerator, data.images[train_idx], data.labels[train_idx], self.num_classes,
-            last.weights if last is not None else None,
+            last.weights if last is not None else None, teacher,
         )  # fmt: skip
         self.params = count_parameters(self.raw_model)
         self.macs = macs_per_image(self.raw_model)

@@ -59,6 +59,10 @@ def _count(key: str) -> Callable[[dict[str, Any]], str]:
 COLUMNS = (
     Column("model", lambda row: row["model"], numeric=False),
     Column("val acc", _number("val_acc", ".2%")),
+    Column(
+        "CV acc ± SE",
+        lambda row: "-" if row["cv_acc"] is None else f"{row['cv_acc']:.2%} ± {row['cv_se']:.2%}",
+    ),
     Column("macro F1", _number("macro_f1", ".4f")),
     Column("weighted F1", _number("weighted_f1", ".4f")),
     Column("log loss", _number("log_loss", ".4f")),
@@ -92,6 +96,9 @@ def leaderboard_rows(results: Sequence[VariantResult]) -> list[dict[str, Any]]:
                 "rank": position,
                 "model": result.name,
                 "val_acc": metrics["accuracy"],
+                # a folds run (engine/folds.py): out-of-fold accuracy over every training image, binomial SE
+                "cv_acc": (summary.get("cv") or {}).get("accuracy"),
+                "cv_se": (summary.get("cv") or {}).get("standard_error"),
                 "macro_f1": metrics["f1_macro"],
                 "weighted_f1": metrics["f1_weighted"],
                 "log_loss": metrics["log_loss"],

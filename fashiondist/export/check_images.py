@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from fashiondist.config import TrainConfig, load_saved_config
+from fashiondist.data.folds import run_split
 from fashiondist.data.sources import available_splits, load_data
-from fashiondist.data.split import stratified_split
 from fashiondist.run_layout import CONFIG_FILE
 
 
@@ -37,7 +37,7 @@ def load_check_images(spec: str, checkpoint: str | os.PathLike, calibration_coun
     if data.labels is None:
         return CheckImages(data.images, None, None, f"{len(data.images)} unlabelled images of {data.source}")
     cfg = run_config(Path(checkpoint))
-    train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = run_split(data.labels, cfg)
     return CheckImages(
         data.images[val_idx],
         data.labels[val_idx],

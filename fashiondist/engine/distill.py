@@ -1,0 +1,118 @@
+"""Distillation: a student trained on a teacher ensemble's probabilities beside the true labels.
+
+    fashiondist train --model convnet --teacher runs/cv5 --set distill_temperature=2 --set distill_weight=0.7
+
+The teacher is one or more run directories (a folds run stands for its folds), averaged in probability space
+by `models.ensemble.ProbabilityEnsemble`, each member under its own TTA: the very ensemble `fashiondist export`
+writes as one ONNX graph. Its probabilities on the student's training images are computed once, in float32,
+and cached in the student's run directory (`teacher_probs.npz`, keyed by the members' weights and the images),
+so a resumed run or a rerun reads them back. The loss (Hinton et al. 2015):
+
+    (1 - w) x the model's own loss on the true labels (mixed and smoothed as configured)
+    + w x T^2 x KL(teacher_T || softmax(logits / T)),   teacher_T = softmax(log(p_teacher) / T)
+
+T^2 keeps the soft term's gradient on the scale of the hard one as T grows. The teacher's probabilities are
+of the un-augmented images; under mixup/cutmix a mixed image gets the same mix of its two teacher rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fashiondist.atomic_io import atomic_write
+from fashiondist.config import TrainConfig, Tta
+from fashiondist.errors import InputError
+from fashiondist.models.checkpoint import load_model, resolve_model_dir
+from fashiondist.models.ensemble import ProbabilityEnsemble
+from fashiondist.run_layout import FOLD_PREFIX, TEACHER_FILE
+
+
+def split_targets(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch's targets -> (true-label targets, teacher targets or None); see `engine.mixing`."""
+    if targets.ndim == 3:
+        return targets[:, 0], targets[:, 1]
+    return targets, None
+
+
+def add_distillation(
+    loss: torch.Tensor, logits: torch.Tensor, teacher: torch.Tensor, temperature: float, weight: float
+) -> torch.Tensor:
+    """(1 - w) x `loss` + w x T^2 x KL(teacher || softmax(logits / T)); `teacher` [b, K] is at temperature T."""
+    log_student = F.log_softmax(logits.float() / temperature, dim=1)  # float32, as classification_loss
+    soft = F.kl_div(log_student, teacher, reduction="batchmean")
+    return (1.0 - weight) * loss + weight * temperature**2 * soft
+
+
+def expand_members(spec: str | list[str]) -> list[Path]:
+    """Comma-separated run directories -> model directories; a folds run (fold-0/ ...) -> its folds."""
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    members: list[Path] = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        path = Path(part)
+        folds = sorted(path.glob(f"{FOLD_PREFIX}*"), key=lambda p: int(p.name[len(FOLD_PREFIX) :]))
+        members.extend(folds if folds and path.is_dir() else [path])
+    if not members:
+        raise InputError(f"--teacher {spec!r}: names no run directory")
+    return [resolve_model_dir(m) for m in members]
+
+
+def load_ensemble(members: list[Path], device: str | torch.device = "cpu") -> ProbabilityEnsemble:
+    """The members' best weights, each with the TTA its run was validated with (best/model.json)."""
+    models, ttas, classes = [], [], set()
+    for member in members:
+        model, meta = load_model(member, device)
+        models.append(model)
+        ttas.append(Tta(meta.get("tta") or Tta.NONE.value))
+        classes.add(int(meta["num_classes"]))
+    if len(classes) > 1:
+        raise InputError(f"ensemble members disagree on the number of classes: {sorted(classes)}")
+    return ProbabilityEnsemble(models, ttas).eval()
+
+
+def _cache_key(members: list[Path], images: np.ndarray) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    for member in members:
+        digest.update((member / "model.safetensors").read_bytes())
+    return json.dumps({"members": [str(m.resolve()) for m in members], "sha256": digest.hexdigest()})
+
+
+def _read_cache(path: Path, key: str) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return arrays["probs"] if str(arrays["key"]) == key else None
+    except (ValueError, OSError, KeyError):
+        return None  # a damaged cache is recomputed
+
+
+def teacher_targets(acc, cfg: TrainConfig, images: np.ndarray, run_dir: Path) -> torch.Tensor:
+    """float32 [N, K]: the teacher's probabilities for uint8 `images` [N, H, W] at the run's temperature.
+
+    The main process computes them (float32, every member's own TTA) or reads the cache; every rank then
+    reads the same file, so all ranks train on bitwise the same targets.
+    """
+    from fashiondist.engine.evaluate import model_probs
+
+    members = expand_members(cfg.teacher)
+    key = _cache_key(members, images)
+    path = run_dir / TEACHER_FILE
+    if acc.is_main_process and _read_cache(path, key) is None:
+        ensemble = load_ensemble(members, acc.device)
+        pixels = torch.as_tensor(images, device=acc.device).unsqueeze(1)  # [N, 1, H, W] uint8
+        probs = model_probs(ensemble, pixels, cfg.eval_batch_size).cpu().numpy()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as fh:
+            np.savez_compressed(fh, probs=probs.astype(np.float32), key=np.array(key))
+    acc.wait_for_everyone()
+    probs = torch.as_tensor(_read_cache(path, key))
+    log_t = probs.clamp_min(torch.finfo(torch.float32).tiny).log() / cfg.distill_temperature
+    return log_t.softmax(dim=1)  # [N, K] at temperature T
