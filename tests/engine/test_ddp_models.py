@@ -323,3 +323,23 @@ def test_resume_with_another_accumulation(runs, tmp_path):
     proc = _resume(runs, straight, dest, "--grad-accum", "2", launcher=_two_ranks())
     assert "global batch 128 = 32 per device x 2 accumulation x 2 process(es)" in proc.stderr
     _same_schedule(dest, straight)
+
+
+def test_cpu_sync_batchnorm_is_batchnorm_over_the_whole_batch(tmp_path):
+    """CpuSyncBatchNorm on 2 gloo ranks x 8 images = BatchNorm over the 16 images, gradients and statistics,
+    against a float64 reference."""
+    out = tmp_path / "result.json"
+    script = Path(__file__).with_name("sync_bn_check.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(_free_port()), str(out)],
+        env=ENV, capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert "CpuSyncBatchNorm" in result["kinds"] and "BatchNorm2d" not in result["kinds"]
+    # float32 against float64: BatchNorm's per-channel sums run over N = 16 x 26 x 26 values, each off by up to
+    # N u of its magnitude (gamma_N), and a gradient goes through at most 4 of them in a row (mean and
+    # variance forward, two sums backward): 4 N u = 2.6e-3.
+    bound = 4 * 16 * 26 * 26 * UNIT_ROUNDOFF
+    assert max(result["grads"].values()) <= bound, result["grads"]
+    assert max(result["stats"].values()) <= bound, result["stats"]
