@@ -54,7 +54,8 @@ COMMON += ["--set", "eval_batch_size=16"]
 UNIT_ROUNDOFF = 2.0**-24  # float32
 GLOBAL_BATCH = 128
 TRAIN_IMAGES = 360  # 400 images less the 10% validation split
-pytestmark = [pytest.mark.ddp, pytest.mark.slow]
+# The module's first test also waits for the four launches of the shared fixture (2 to 5 minutes on 2 cores).
+pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def _free_port() -> int:
