@@ -68,6 +68,7 @@ class TrainConfig:
     precision: Precision = Precision.AUTO
     channels_last: bool = True
     compile: bool = False  # torch.compile the training model (accelerate's dynamo plugin, inductor)
+    sync_bn: bool = False  # DDP: BatchNorm over the global batch (SyncBatchNorm); saved as plain BatchNorm
     optimizer: Optimizer = Optimizer.SGD
     lr: float = 0.1  # peak learning rate at the global batch size above
     momentum: float = 0.9

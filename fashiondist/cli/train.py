@@ -35,7 +35,7 @@ SIGTERM or SIGUSR1 saves OUT/last at the next step and exits 0; rerun with --res
 _FLAG_KEYS = (
     "data", "epochs", "batch_size", "grad_accum", "precision", "lr", "optimizer", "schedule", "label_smoothing",
     "ema", "augment", "seed", "val_fraction", "out", "resume", "log_with", "quiet", "tta", "early_stop",
-    "compile", "mixup", "cutmix", "folds", "private_test", "teacher",
+    "compile", "mixup", "cutmix", "folds", "private_test", "teacher", "sync_bn",
 )  # fmt: skip
 
 
@@ -72,6 +72,13 @@ def register(subparsers) -> None:
         default=None,
         help="torch.compile the model for training (accelerate's dynamo plugin, inductor; needs a C compiler on "
         "the CPU); checkpoints and exports are the plain module's",
+    )
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        default=None,
+        help="under DDP, BatchNorm statistics over the global batch (SyncBatchNorm) instead of each process's "
+        "share: for small per-device batches; saved and exported as plain BatchNorm",
     )
     p.add_argument("--lr", type=float, help="peak learning rate at the given global batch size")
     p.add_argument("--optimizer", choices=[m.value for m in Optimizer])

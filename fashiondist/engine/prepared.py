@@ -1,9 +1,10 @@
 """The engine's set-up and its optimizer step, the one copy that `Trainer` and `fashiondist bench train` run.
 
 `prepare_training` builds what one process trains with: device-resident batches, the registry's model (in
-channels_last when the config asks), the optimizer, all passed through `accelerator.prepare`.
-`PreparedTraining.step` is one optimizer step: seed dropout, run the accumulation window's micro-batches
-under `accelerator.accumulate`, set the learning rate, clip, step, add to the running tally, update the EMA.
+channels_last when the config asks; with SyncBatchNorm under DDP when it asks `sync_bn`), the optimizer,
+all passed through `accelerator.prepare`. `PreparedTraining.step` is one optimizer step: seed dropout per
+micro-batch, run the accumulation window's micro-batches under `accelerator.accumulate`, set the learning
+rate, clip, step, add to the running tally, update the EMA.
 Under fp16 the loss scaler may skip the step (inf/NaN gradients): then the step count, and with it the
 learning rate, stays, and the EMA is not updated; `step` says whether the optimizer stepped.
 The trainer wraps it with what a run needs around it (progress bar, preemption, non-finite check,
@@ -22,6 +23,7 @@ from accelerate.utils import set_seed
 
 from fashiondist.config import Optimizer, TrainConfig
 from fashiondist.engine.batches import BatchLayout, TrainBatches
+from fashiondist.engine.batchnorm import convert_sync_batchnorm
 from fashiondist.engine.distill import add_distillation, split_targets
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.mixing import MixSettings, hard_labels
@@ -29,13 +31,23 @@ from fashiondist.engine.schedule import lr_at
 from fashiondist.engine.switches import describe_speed_switches
 from fashiondist.models.registry import create_model
 
-# Dropout seeds mix (run seed, optimizer step) into one integer; the stride keeps the pairs apart.
+# Dropout seeds mix (run seed, optimizer step, micro-batch slot) into one integer; the strides keep them apart
+# (up to 4096 slots, world size x accumulation, per global batch).
 _STEP_SEED_STRIDE = 1_000_003
+_SLOTS = 4096
 
 
-def seed_step(seed: int, step: int, rank: int) -> None:
-    """Seed dropout for optimizer step `step` from (seed, rank, step): a resumed run draws the same masks."""
-    torch.manual_seed((seed * _STEP_SEED_STRIDE + step) * 64 + rank)
+def seed_micro_batch(seed: int, step: int, slot: int) -> None:
+    """Seed dropout for micro-batch `slot` of optimizer step `step` (its place in the global batch, which
+    `TrainBatches` splits as [grad_accum, world, per_device]: slot = micro x world + rank).
+
+    The masks depend on which images are drawn, not on which process draws them: ranks draw different masks
+    (slot differs), a resumed run draws the same ones, and any layout with the same per-device batch (2
+    processes x 1 accumulation, 1 x 2) draws the same masks for the same images, so it trains the same model
+    up to floating-point summation order. A layout with another per-device batch draws other masks (and
+    BatchNorm normalises over other batches): the same training distribution, not the same trajectory.
+    """
+    torch.manual_seed((seed * _STEP_SEED_STRIDE + step) * _SLOTS + slot)
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -106,9 +118,9 @@ class PreparedTraining:
         Returns False when the fp16 loss scaler skipped it (inf/NaN gradients; the scale was lowered): the
         weights are unchanged, the EMA is not updated, and the caller keeps `step` for the next window.
         """
-        cfg = self.cfg
-        seed_step(cfg.seed, step, self.acc.process_index)
-        for _ in range(cfg.grad_accum):
+        cfg, acc = self.cfg, self.acc
+        for micro in range(cfg.grad_accum):
+            seed_micro_batch(cfg.seed, step, micro * acc.num_processes + acc.process_index)
             x, y = next(micro_batches)
             loss, logits = self._micro_step(x, y, step)
             tally.add(loss, logits, y)
@@ -167,6 +179,8 @@ def prepare_training(
         model = model.to(memory_format=torch.channels_last)
     if weights is not None:
         model.load_state_dict(weights)
+    if cfg.sync_bn and acc.num_processes > 1:  # same keys and tensors: saved and exported as plain BatchNorm
+        model = convert_sync_batchnorm(model, acc.device)
     model = model.to(acc.device)
     model, optimizer = acc.prepare(model, build_optimizer(cfg, model))
     acc.gradient_accumulation_steps = cfg.grad_accum

@@ -9,8 +9,11 @@
 
 Correctness under DDP: the global batch (per-device x accumulation x world size) is fixed by the config,
 every rank draws the same (seed, epoch) permutation and augmentation plan and takes its own shard of each
-global batch, so N processes follow the same trajectory as one (up to floating-point summation order, and
-except for BatchNorm statistics and dropout masks, which are per process by nature).
+global batch, so N processes follow the same trajectory as one (up to floating-point summation order) when
+the per-device batch is the same (dropout masks are seeded per micro-batch of the global batch, BatchNorm
+normalises over each micro-batch), or with `sync_bn` at any per-device batch for models without dropout.
+Before every evaluation and checkpoint the ranks agree on BatchNorm buffers (`engine.batchnorm`), so what
+is evaluated on every rank, saved in best/ and exported is one model.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from fashiondist.data.digest import data_record
 from fashiondist.data.folds import run_split
 from fashiondist.data.sources import Dataset
 from fashiondist.engine import run_checkpoint, run_record
+from fashiondist.engine.batchnorm import agree_on_buffers, ranks_agree
 from fashiondist.engine.distill import teacher_targets
 from fashiondist.engine.evaluate import EvalResult, evaluate, save_predictions
 from fashiondist.engine.preemption import PreemptionWatch
@@ -254,6 +258,7 @@ class Trainer:
                 if self._end_epoch(run_start):
                     break
         if preempted:
+            self._agree_on_buffers()
             self._save_last()
             acc.wait_for_everyone()
             self.progress.log(
@@ -333,15 +338,24 @@ class Trainer:
     def _eval_model(self) -> torch.nn.Module:
         return self.prepared.ema.module if self.prepared.ema is not None else self.raw_model
 
+    def _ema_module(self) -> torch.nn.Module | None:
+        return self.prepared.ema.module if self.prepared.ema is not None else None
+
+    def _agree_on_buffers(self) -> None:
+        """Rank 0's BatchNorm buffers on every rank, live model and EMA (why rank 0's: engine.batchnorm)."""
+        agree_on_buffers(self.acc.num_processes, self.raw_model, self._ema_module())
+
     def _end_epoch(self, run_start: float) -> bool:
         """Evaluate, log, checkpoint; return True when early stopping ends the run."""
         cfg, acc, state = self.cfg, self.acc, self.state
         t_eval = time.perf_counter()
+        self._agree_on_buffers()  # before evaluating on every rank, and before best/ and last/ are saved
         result = evaluate(
             acc, self._eval_model(), self.val_images, self.val_labels, cfg.eval_batch_size, cfg.tta
         )
         state.train_seconds += state.epoch_seconds
         record = self._epoch_record(result, time.perf_counter() - t_eval, run_start)
+        record["ranks_in_sync"] = self._ranks_in_sync()  # what last/ and best/ save: parameters and buffers
         outcome = self._decide(result)
         epoch = state.epoch + 1  # 1-based from here on, as users count
         if outcome.improved:
@@ -488,12 +502,6 @@ class Trainer:
         }
 
     def _ranks_in_sync(self) -> bool:
-        """DDP sanity check: every rank ends with bitwise the same weights (compared by two checksums)."""
-        # Parameters only: BatchNorm running statistics are per rank by design (each rank updates them from
-        # its own last batch; DDP re-broadcasts rank 0's at the next forward).
-        tensors = [p.detach().double().flatten() for p in self.raw_model.parameters()]
-        flat = torch.cat(tensors)
-        weights = torch.sin(torch.arange(len(flat), device=flat.device, dtype=torch.float64))
-        sums = torch.stack([flat.sum(), (flat * weights).sum()])[None]  # [1, 2]
-        gathered = self.acc.gather(sums)  # [world, 2]
-        return bool((gathered == gathered[0]).all())
+        """DDP sanity check: every rank holds bitwise the same parameters and buffers (BatchNorm statistics),
+        live model and EMA, compared by two checksums."""
+        return ranks_agree(self.acc.num_processes, self.raw_model, self._ema_module())
