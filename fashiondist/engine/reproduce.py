@@ -49,8 +49,8 @@ GPU_NOISE = (
     "CUDA kernels: cuDNN's algorithm choice and atomic adds are not bitwise repeatable from run to run "
     "(torch.use_deterministic_algorithms is not forced: it is slower)"
 )
-# config keys that say where and how a run is shown, not what it computes
-_PLACE_KEYS = ("out", "resume", "data", "quiet", "log_with")
+# config keys that say where and how a run is shown or waited on, not what it computes
+_PLACE_KEYS = ("out", "resume", "data", "quiet", "log_with", "dist_timeout")
 
 
 @dataclass
