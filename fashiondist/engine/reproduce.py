@@ -171,9 +171,9 @@ def reproduce_run(
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir.with_name(f"{run_dir.name}-reproduce")
     check_output_dir(out, "--out")  # a file, a device, a directory nothing can be written in: refused first
-    check_not_an_input(out, "--out", run_dirs=[run_dir])
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(out.iterdir()):  # the run directory itself included
         raise InputError(f"--out {out}: not empty; the rerun needs a directory of its own")
+    check_not_an_input(out, "--out", run_dirs=[run_dir])
     record = read_run_record(
         run_dir
     )  # every key checked: a hand-edited record fails here, not after the rerun

@@ -99,9 +99,10 @@ def test_int8_refused_when_calibrated_on_blank_images(trained_run: Path, split: 
 
 
 def test_cli_int8_gate_refuses_with_exit_1(
-    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ):
     """--max-int8-drop -100 demands int8 beat float32 by 100 points: always refused, through the CLI."""
+    monkeypatch.setattr("fashiondist.cli.export.points", float)  # the option itself takes 0..100 only
     out = tmp_path / "model.onnx"
     code = main(
         ["export", str(trained_run), "--out", str(out), "--quantize", "int8", "--max-int8-drop", "-100"]
