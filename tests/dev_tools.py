@@ -18,3 +18,11 @@ def dev_tool(name: str) -> str:
     if not path:
         pytest.fail(f"{name} is not installed: install the dev extra (pip install -e '.[cpu,dev]')")
     return str(path)
+
+
+def dev_module(name: str) -> None:
+    """Fail the test when the dev extra's Python package `name` cannot be imported (as for the tools above)."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        pytest.fail(f"{name} is not installed: install the dev extra (pip install -e '.[cpu,dev]')")

@@ -9,10 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("tensorboard", reason="pip install -e '.[dev]' brings tensorboard")
+from dev_tools import dev_module
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _tensorboard_installed() -> None:
+    dev_module("tensorboard")  # the dev extra brings it: missing, the test fails with the install line
 
 
 def _train(tiny_train, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
