@@ -14,10 +14,12 @@ Ratios: engine/bare_step (how close the pipeline gets to the ceiling), engine/da
 saves over the usual code) and engine/keras (against the notebook's framework, on the same machine in the
 same run); and, per pipeline, each mixed precision over fp32 ("no").
 
-Method: accelerate fixes the precision for a process's life, so each (repeat, precision) block gets a fresh
-accelerator (accelerate's state reset) and fresh seeded models; within a block each model measures its
-pipelines one after another, each after its own warm-up steps; the order of precisions and of pipelines
-rotates from repeat to repeat. One process only (not under `accelerate launch`).
+Method: accelerate fixes the precision for a process's life, so each (repeat, precision) block runs in a
+child process of its own (`python -m fashiondist.bench.train BLOCK.json`: one accelerator, fresh seeded
+models, the images from .npy files the parent wrote once; its rates come back as a JSON file); within a
+block each model measures its pipelines one after another, each after its own warm-up steps; the order of
+precisions and of pipelines rotates from repeat to repeat. One process at a time (not under `accelerate
+launch`): the parent waits for each child before it starts the next.
 
 Every pipeline trains a model set up by the engine's own `prepare_training` (model, channels_last, optimizer,
 `accelerator.prepare`, device batches), as `Trainer` does; this file holds no copy of the set-up or the step.
@@ -31,16 +33,18 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fashiondist.bench.child_process import last_line
+from fashiondist.atomic_io import write_json
+from fashiondist.bench.child_process import child_env, last_line
 from fashiondist.bench.keras_twin import TWINS as KERAS_TWINS
 from fashiondist.bench.stats import Stat, rotation, timed, torch_threads
 from fashiondist.config import Precision, TrainConfig, resolve_config
@@ -56,6 +60,7 @@ BARE = "bare_step"
 KERAS = "keras"
 _FLOAT_PRECISION = Precision.NO.value
 Samples = dict[tuple[str, str, str], list[float]]  # (model, precision, pipeline) -> images/s per repeat
+Rates = dict[str, dict[str, float]]  # one block's images/s: model -> pipeline -> rate
 
 
 def loader_name(workers: int) -> str:
@@ -102,14 +107,6 @@ class TrainBench:
                     f"--keras: {', '.join(strangers)} has no Keras twin; only the notebook's "
                     f"{' and '.join(KERAS_TWINS)} do (drop the others from --models)"
                 )
-
-
-def _reset_accelerate() -> None:
-    """Forget the process's accelerate state so the next Accelerator may take another mixed precision."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
 
 
 def _config(bench: TrainBench, name: str, precision: str) -> TrainConfig:
@@ -235,37 +232,66 @@ def run_train_bench(bench: TrainBench, log: Callable[[str], None] = print) -> di
         raise InputError(
             f"--batch-size {bench.batch_size} is larger than the {len(data.images)} images of --data {bench.data}"
         )
-    with tempfile.TemporaryDirectory(prefix="fashiondist-keras-") as tmp, torch_threads(bench.threads):
-        twin = _KerasTwin(bench.keras, data, Path(tmp)) if bench.keras else None
-        samples, configs, device = _measure_all(bench, data, log, twin)
+    with tempfile.TemporaryDirectory(prefix="fashiondist-bench-train-") as tmp:
+        files = _DataFiles.save(data, Path(tmp))
+        twin = _KerasTwin.probe(bench.keras, files) if bench.keras else None
+        samples, device = _measure_all(bench, files, log, twin)
+    configs = {(name, p): _config(bench, name, p) for name in bench.models for p in bench.precisions}
     result = _result(bench, data, samples, configs, device)
     if twin is not None:
         result["settings"]["keras"] = {"python": twin.python, "version": twin.version}
     return result
 
 
-class _KerasTwin:
-    """The `keras` pipeline: `keras_twin.py` under another interpreter, on this benchmark's images (saved once)."""
+@dataclass(frozen=True)
+class _DataFiles:
+    """The benchmark's images, saved once for the children: each block's child and the Keras twin load them."""
 
-    def __init__(self, python: str, data: Dataset, tmp: Path):
-        self.python = python
-        self.num_classes = data.num_classes
+    images: str  # .npy, uint8 [N, 28, 28]
+    labels: str  # .npy, int64 [N]
+    num_classes: int
+    class_names: tuple[str, ...]
+    source: str
+
+    @classmethod
+    def save(cls, data: Dataset, tmp: Path) -> _DataFiles:
+        images, labels = tmp / "images.npy", tmp / "labels.npy"
+        np.save(images, np.ascontiguousarray(data.images))
+        np.save(labels, np.asarray(data.labels))
+        return cls(str(images), str(labels), data.num_classes, tuple(data.class_names), data.source)
+
+    def load(self) -> Dataset:
+        images, labels = np.load(self.images), np.load(self.labels)
+        ids = np.arange(len(images), dtype=np.int64)
+        return Dataset(
+            images=images, labels=labels, ids=ids, class_names=self.class_names,
+            num_classes=self.num_classes, source=self.source, split="train",
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _KerasTwin:
+    """The `keras` pipeline: `keras_twin.py` under another interpreter, on this benchmark's saved images."""
+
+    python: str
+    version: str
+    files: _DataFiles
+
+    @classmethod
+    def probe(cls, python: str, files: _DataFiles) -> _KerasTwin:
         probe = _run([python, "-c", "import keras, numpy; print(keras.__version__, keras.backend.backend())"])
         if probe.returncode != 0:
             last = last_line(probe.stderr, "no output")
             raise InputError(f"--keras {python}: cannot import keras and numpy there ({last})")
-        self.version = probe.stdout.strip()
-        self.images, self.labels = tmp / "images.npy", tmp / "labels.npy"
-        np.save(self.images, np.ascontiguousarray(data.images))
-        np.save(self.labels, np.asarray(data.labels))
+        return cls(python, probe.stdout.strip(), files)
 
     def rate(self, bench: TrainBench, name: str, precision: str) -> float:
         settings = {
-            "model": name, "precision": precision, "num_classes": self.num_classes, "batch_size": bench.batch_size,
-            "warmup": bench.warmup, "steps": bench.steps, "seed": bench.seed,
+            "model": name, "precision": precision, "num_classes": self.files.num_classes,
+            "batch_size": bench.batch_size, "warmup": bench.warmup, "steps": bench.steps, "seed": bench.seed,
         }  # fmt: skip
         script = str(Path(__file__).with_name("keras_twin.py"))
-        done = _run([self.python, script, str(self.images), str(self.labels), json.dumps(settings)])
+        done = _run([self.python, script, self.files.images, self.files.labels, json.dumps(settings)])
         if done.returncode != 0:
             last = last_line(done.stderr, "no output")
             raise FashiondistError(f"--keras {self.python}: the Keras {name} {precision} run failed ({last})")
@@ -280,37 +306,93 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def _measure_all(
-    bench: TrainBench, data: Dataset, log: Callable[[str], None], twin: _KerasTwin | None = None
-) -> tuple[Samples, dict[tuple[str, str], TrainConfig], str]:
+    bench: TrainBench, files: _DataFiles, log: Callable[[str], None], twin: _KerasTwin | None = None
+) -> tuple[Samples, str]:
+    """Every (repeat, precision) block, each in a child process, in rotating order; the rates per repeat."""
     samples: Samples = {}
-    device = None
-    configs: dict[tuple[str, str], TrainConfig] = {}
+    device = ""
     for repeat in range(bench.repeats):
         for precision in rotation(bench.precisions, repeat):
-            _reset_accelerate()
-            acc = None
+            rates, device = _run_block(bench, precision, repeat, files, twin)
             for name in bench.models:
-                cfg = _config(bench, name, precision)
-                configs[(name, precision)] = cfg
-                acc = acc or make_accelerator(cfg)
-                device = acc.device
-                # every image trains here (no validation split); the trainer's own set-up
-                training = prepare_training(cfg, acc, data.images, data.labels, data.num_classes)
-                closers: list[Callable[[], None]] = []
-                try:
-                    for pipeline in rotation(bench.pipelines, repeat):
-                        if pipeline == KERAS and twin is not None:
-                            rate = twin.rate(bench, name, precision)
-                        else:
-                            rate = _measure(bench, _pipeline(pipeline, training, data, closers), acc.device)
-                        samples.setdefault((name, precision, pipeline), []).append(rate)
-                finally:
-                    for close in closers:
-                        close()
-                shown = ", ".join(f"{p} {samples[(name, precision, p)][-1]:,.0f}" for p in bench.pipelines)
+                for pipeline in bench.pipelines:
+                    samples.setdefault((name, precision, pipeline), []).append(rates[name][pipeline])
+                shown = ", ".join(f"{p} {rates[name][p]:,.0f}" for p in bench.pipelines)
                 log(f"repeat {repeat + 1}/{bench.repeats} {name} {precision}: {shown} images/s")
-    _reset_accelerate()
-    return samples, configs, str(device)
+    return samples, device
+
+
+def _run_block(
+    bench: TrainBench, precision: str, repeat: int, files: _DataFiles, twin: _KerasTwin | None
+) -> tuple[Rates, str]:
+    """One (repeat, precision) block in a child process of this interpreter: its rates and its device."""
+    tmp = Path(files.images).parent
+    spec, out = tmp / "block.json", tmp / "block-rates.json"
+    out.unlink(missing_ok=True)
+    block = {
+        "bench": asdict(bench), "precision": precision, "repeat": repeat, "files": asdict(files),
+        "keras_version": twin.version if twin else None, "out": str(out),
+    }  # fmt: skip
+    write_json(spec, block)
+    command = [sys.executable, "-m", "fashiondist.bench.train", str(spec)]
+    done = subprocess.run(
+        command,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if done.returncode != 0 or not out.is_file():
+        last = last_line(done.stderr, "(no message)")
+        raise FashiondistError(
+            f"bench train: the {precision} block of repeat {repeat + 1} failed with exit code {done.returncode}: {last}"
+        )
+    got = json.loads(out.read_text())
+    return got["rates"], got["device"]
+
+
+def measure_block(
+    bench: TrainBench, precision: str, repeat: int, data: Dataset, twin: _KerasTwin | None = None
+) -> tuple[Rates, str]:
+    """One (repeat, precision) block in this process, which must not have made an Accelerator of another
+    precision: each model measures its pipelines in this repeat's order. Returns (rates, device)."""
+    rates: Rates = {}
+    acc = None
+    for name in bench.models:
+        cfg = _config(bench, name, precision)
+        acc = acc or make_accelerator(cfg)
+        # every image trains here (no validation split); the trainer's own set-up
+        training = prepare_training(cfg, acc, data.images, data.labels, data.num_classes)
+        closers: list[Callable[[], None]] = []
+        try:
+            for pipeline in rotation(bench.pipelines, repeat):
+                if pipeline == KERAS and twin is not None:
+                    rate = twin.rate(bench, name, precision)
+                else:
+                    rate = _measure(bench, _pipeline(pipeline, training, data, closers), acc.device)
+                rates.setdefault(name, {})[pipeline] = rate
+        finally:
+            for close in closers:
+                close()
+    return rates, str(acc.device if acc is not None else "")
+
+
+def _block_main(argv: list[str]) -> int:
+    """The child: `python -m fashiondist.bench.train BLOCK.json` (written by `_run_block`) -> its "out" file."""
+    block = json.loads(Path(argv[1]).read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in block["bench"].items()}
+    bench = TrainBench(**fields)
+    files = _DataFiles(**{**block["files"], "class_names": tuple(block["files"]["class_names"])})
+    twin = _KerasTwin(bench.keras, block["keras_version"], files) if bench.keras else None
+    try:
+        with torch_threads(bench.threads):
+            rates, device = measure_block(bench, block["precision"], block["repeat"], files.load(), twin)
+    except FashiondistError as e:  # a known error: one line, which the parent repeats
+        print(e, file=sys.stderr)
+        return 2
+    write_json(block["out"], {"rates": rates, "device": device})  # whole or absent, never half-written
+    return 0
 
 
 def _result(
@@ -435,3 +517,7 @@ def train_tables(result: dict[str, Any], caption: str) -> list[Any]:
 
 def _stat(d: dict[str, Any]) -> Stat:
     return Stat.of(d["samples"])
+
+
+if __name__ == "__main__":
+    sys.exit(_block_main(sys.argv))
