@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fashiondist.atomic_io import write_text
+from fashiondist.constants import Tta  # lives with the torch-free facts: inference checks it, config-free
 from fashiondist.errors import InputError
 from fashiondist.output_paths import format_out_template
 
@@ -41,11 +42,6 @@ class Schedule(str, enum.Enum):
     ONECYCLE = "onecycle"  # linear warmup to lr, then linear decay to 0 (airbench-style triangle)
     COSINE = "cosine"  # linear warmup, then cosine decay to 0
     CONSTANT = "constant"  # linear warmup, then flat
-
-
-class Tta(str, enum.Enum):
-    NONE = "none"
-    FLIP = "flip"  # average the image and its horizontal mirror
 
 
 @dataclass

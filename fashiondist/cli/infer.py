@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="CPU threads for onnxruntime (default: one per core)",
+        help="CPU threads for onnxruntime (default: one per CPU this process may use: affinity, cgroup quota)",
     )
     parser.add_argument(
         "--probs", action="store_true", help="also write the class probabilities prob_0..prob_{K-1}"
@@ -104,7 +104,12 @@ def _describe(model, threads: int | None) -> str:
         facts.append(f"val acc {model.val_accuracy:.2%}")
     facts.append(f"tta {meta.get('tta', 'none')}")
     facts.append("int8" if meta.get("quantization", "none") != "none" else "fp32")
-    where = model.provider + (f", {threads} threads" if threads else "")
+    from fashiondist.inference.session import default_threads
+
+    count = (
+        f"{threads} threads (--threads)" if threads else f"{default_threads()} threads (one per usable CPU)"
+    )
+    where = f"{model.provider}, {count}"
     return f"model {model.model_name} ({', '.join(facts)}) ran on {where}"
 
 
