@@ -321,7 +321,8 @@ class _IdLedger:
     """
 
     def __init__(self) -> None:
-        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted Ids, editor line of each), longest first
+        # (sorted Ids, editor line of each), longest first
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
 
     def _lookup(self, ids: np.ndarray) -> np.ndarray:
         """The line of each of `ids` seen before, or 0 where it is new (int64 [n])."""
