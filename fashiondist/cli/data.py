@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(func=run_export_csv)
 
 
-_STATS_CHUNK_PIXELS = 1 << 22  # bincount widens uint8 to int64: 32 MB per chunk, whatever the image count
+_STATS_CHUNK_PIXELS = 1 << 20  # bincount widens uint8 to int64: 8 MB per chunk, whatever the image count
 
 
 def _pixel_stats(dataset: Dataset) -> tuple[float, float]:
