@@ -6,11 +6,18 @@ JSON is strict: a NaN is written as null on purpose, never as the token `NaN`.
 
 No temp file outlives its writer: an exception, Ctrl-C or SIGTERM removes it on the way out, and one left by
 a process that could not clean up (kill -9, a power cut) is swept by the next write into its directory.
+
+A write that the file system refuses (a full disk, a read-only mount, no permission) is one InputError
+naming the file and the reason (exit 2), the temp file removed and the old file intact; removing the temp
+file never raises over that error (on a read-only mount the removal fails too). A path that exists and is
+not a regular file (a device, a FIFO, a symlink, a socket) is never written: see output_paths, which
+commands call before any work; this is the last line of that defence.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import math
@@ -18,10 +25,13 @@ import os
 import re
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from fashiondist.errors import InputError
 
 # Temp files are `.<name>.<host>.<pid>.tmp`: the host keeps a sweep on a shared file system (a cluster's runs/)
 # from judging another machine's writer by a pid of this one.
@@ -29,6 +39,15 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "localhost"
 _TEMP_NAME = re.compile(r"\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)\.tmp")
 # Signals whose default action ends the process on the spot, skipping every `except` and `finally`.
 _TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+# What the file system says when it will not take a write, with what the user can do about it.
+WRITE_REFUSALS = {
+    errno.ENOSPC: "free space on that file system, or write elsewhere",
+    errno.EDQUOT: "free space within your quota, or write elsewhere",
+    errno.EFBIG: "the file system takes no file this large: write elsewhere",
+    errno.EROFS: "the file system is mounted read-only: write elsewhere",
+    errno.EACCES: "no permission to write there: write elsewhere, or change its permissions",
+    errno.EPERM: "not permitted there: write elsewhere",
+}
 
 
 @contextlib.contextmanager
@@ -39,6 +58,7 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     error, Ctrl-C or SIGTERM, so a failed write leaves neither a partial file nor a stray temp file behind.
     """
     path = Path(path)
+    _refuse_special(path)
     _sweep_orphans(path.parent)
     tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.tmp")
     with _termination_raises():
@@ -52,9 +72,39 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
                 else:
                     yield raw
             os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+        except BaseException as err:
+            with contextlib.suppress(OSError):  # a read-only mount refuses this too: the real error wins
+                tmp.unlink(missing_ok=True)
+            refusal = write_refusal(err, path, tmp)
+            if refusal is not None:
+                raise refusal from None
             raise
+
+
+def write_refusal(
+    err: BaseException, path: str | os.PathLike, *written: str | os.PathLike
+) -> InputError | None:
+    """The one-line InputError for an OSError the file system raised writing `path` (a full disk, a read-only
+    mount, no permission), or None for any other error. An OSError naming a file that is neither `path` nor
+    one of `written` (an input read inside the write's block) is not a write error: None."""
+    if not isinstance(err, OSError) or err.errno not in WRITE_REFUSALS:
+        return None
+    ours = {os.fspath(p) for p in (path, *written)}
+    if err.filename is not None and os.fspath(err.filename) not in ours:
+        return None
+    reason = err.strerror or os.strerror(err.errno)
+    return InputError(f"{path}: cannot write ({reason})", hint=WRITE_REFUSALS[err.errno])
+
+
+def _refuse_special(path: Path) -> None:
+    """InputError when `path` exists and is not a regular file: a rename over it would replace a device, a
+    FIFO or a symlink with a regular file (output_paths.check_output_file says so before any work)."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return  # nothing there (or unreadable: the write itself says so)
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: exists and is not a regular file; refusing to replace it")
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

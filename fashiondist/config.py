@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,9 +41,14 @@ class Optimizer(str, enum.Enum):
 
 
 class Schedule(str, enum.Enum):
-    ONECYCLE = "onecycle"  # linear warmup to lr, then linear decay to 0 (airbench-style triangle)
+    LINEAR = "linear"  # linear warmup to lr, then linear decay to 0 (airbench-style triangle)
     COSINE = "cosine"  # linear warmup, then cosine decay to 0
     CONSTANT = "constant"  # linear warmup, then flat
+
+    @classmethod
+    def _missing_(cls, value: object) -> Schedule | None:
+        # "onecycle": this schedule's old name (a misnomer: no momentum cycle), in configs saved before
+        return cls.LINEAR if value == "onecycle" else None
 
 
 @dataclass
@@ -61,7 +68,7 @@ class TrainConfig:
     lr: float = 0.1  # peak learning rate at the global batch size above
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: Schedule = Schedule.ONECYCLE
+    schedule: Schedule = Schedule.LINEAR
     warmup_fraction: float = 0.2  # share of optimizer steps spent warming up
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 = off
@@ -75,6 +82,7 @@ class TrainConfig:
     out: str = "runs/{model}"
     resume: str | None = None  # a `last/` directory, a run directory, or "auto"
     log_with: str | None = None  # an accelerate tracker: tensorboard, wandb, ...
+    dist_timeout: float = 1800.0  # seconds a collective waits for a lost peer before the process group fails
     quiet: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +99,31 @@ class TrainConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
+SEED_MAX = (
+    2**32 - 1
+)  # numpy's SeedSequence and torch.manual_seed both take it; the split and dropout streams use it
+# accelerate's tracker names (accelerate.utils.LoggerType; tests/test_config_validation.py holds the two equal)
+TRACKERS = (
+    "all",
+    "aim",
+    "tensorboard",
+    "wandb",
+    "comet_ml",
+    "mlflow",
+    "clearml",
+    "dvclive",
+    "swanlab",
+    "trackio",
+)
+_SHOWN = (
+    reprlib.Repr()
+)  # a value in a message: bounded (a few items per level, a few levels), never a 9**9 list
+_SHOWN.maxstring = _SHOWN.maxother = 60
+
+
+def shown(value: Any) -> str:
+    """`value` as a message shows it: its repr, cut short."""
+    return _SHOWN.repr(value)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -108,7 +141,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return hint(value.value if isinstance(value, enum.Enum) else str(value))
         except ValueError:
             choices = ", ".join(m.value for m in hint)
-            raise InputError(f"config key {key!r}: {value!r} is not one of {choices}") from None
+            raise InputError(f"config key {key!r}: {shown(value)} is not one of {choices}") from None
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -116,37 +149,63 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
             return False
-        raise InputError(f"config key {key!r}: {value!r} is not a boolean (true/false)")
+        raise InputError(f"config key {key!r}: {shown(value)} is not a boolean (true/false)")
     if hint in (int, float):
         kind = "a number" if hint is float else "an integer"
         # int(1.7) is 1: a fractional value for an integer key (epochs: 1.7) is refused, never truncated
         fractional = hint is int and isinstance(value, float) and not value.is_integer()
-        if isinstance(value, bool) or fractional:
-            raise InputError(f"config key {key!r}: {value!r} is not {kind}")
+        if isinstance(value, bool) or fractional or not isinstance(value, (int, float, str)):
+            raise InputError(f"config key {key!r}: {shown(value)} is not {kind}")
         try:
             number = float(value) if hint is float else int(value)
-        except (TypeError, ValueError):
-            raise InputError(f"config key {key!r}: {value!r} is not {kind}") from None
+        except (TypeError, ValueError, OverflowError):  # int(float("inf")) overflows
+            raise InputError(f"config key {key!r}: {shown(value)} is not {kind}") from None
+        if hint is float and not math.isfinite(number):
+            raise InputError(f"config key {key!r}: {shown(value)} is not a finite number")
         return number
     if hint is str:
+        if isinstance(value, (dict, list)):  # YAML `model: [cnn]`
+            raise InputError(f"config key {key!r}: {shown(value)} is not a single value")
         return str(value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise InputError(f"config key {key!r}: expected a mapping, got {value!r}")
-        return dict(value)
+            raise InputError(f"config key {key!r}: expected a mapping, got {shown(value)}")
+        return _checked_kwargs(key, value)
     return value
 
 
-def _parse_scalar(text: str) -> Any:
+def _checked_kwargs(key: str, value: dict) -> dict[str, Any]:
+    """A `model_kwargs` mapping: option names to scalars or flat lists of scalars (`filters: [16, 32]`); the
+    model's builder checks their types (models.registry.check_model_kwargs)."""
+    for name, item in value.items():
+        items = item if isinstance(item, list) else [item]
+        if not isinstance(name, str) or not all(isinstance(i, (bool, int, float, str)) for i in items):
+            raise InputError(f"config key {key}.{name}: {shown(item)} is not a value or a list of values")
+    return dict(value)
+
+
+def _parse_scalar(text: str, pair: str) -> Any:
+    """The value of `--set KEY=VALUE` as YAML reads it (`0.1` a number, `no` false), strictly."""
     import yaml
 
-    return yaml.safe_load(text) if text != "" else ""
+    from fashiondist.config_yaml import strict_load
+
+    try:
+        return strict_load(text) if text != "" else ""
+    except yaml.YAMLError as err:
+        raise InputError(
+            f"--set {pair}: the value is not valid YAML ({getattr(err, 'problem', None) or err})"
+        ) from None
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str = "override") -> TrainConfig:
     """Return a copy of `cfg` with `overrides` applied. Keys may be dotted (`model_kwargs.width`)."""
+    if not isinstance(overrides, dict):
+        raise InputError(f"{source}: expected a mapping of config keys to values, got {shown(overrides)}")
     cfg = dataclasses.replace(cfg, model_kwargs=dict(cfg.model_kwargs))
     for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise InputError(f"{source}: config key {shown(key)} is not a name")
         head, _, rest = key.partition(".")
         if head not in _FIELDS:
             known = ", ".join(sorted(_FIELDS))
@@ -154,7 +213,7 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str = "
         if rest:
             if _HINTS[head] is not dict[str, Any] and typing.get_origin(_HINTS[head]) is not dict:
                 raise InputError(f"{source}: config key {head!r} has no sub-keys (got {key!r})")
-            getattr(cfg, head)[rest] = value
+            getattr(cfg, head).update(_checked_kwargs(head, {rest: value}))
             continue
         setattr(cfg, head, _coerce(key, value, _HINTS[head]))
     validate(cfg)
@@ -174,26 +233,51 @@ def validate(cfg: TrainConfig) -> None:
         (0.0 <= cfg.ema < 1.0, "ema", "must be in [0, 1)"),
         (0.0 <= cfg.erase <= 1.0, "erase", "must be in [0, 1]"),
         (cfg.shift >= 0, "shift", "must be >= 0"),
+        (cfg.dist_timeout > 0, "dist_timeout", "must be a positive number of seconds"),
         (cfg.early_stop >= 0, "early_stop", "must be >= 0"),
+        (0 <= cfg.seed <= SEED_MAX, "seed", f"must be in 0..{SEED_MAX} (2**32 - 1)"),
+        (cfg.weight_decay >= 0.0, "weight_decay", "must be >= 0"),
+        (0.0 <= cfg.momentum < 1.0, "momentum", "must be in [0, 1)"),
+        (cfg.grad_clip >= 0.0, "grad_clip", "must be >= 0 (0 = off)"),
+        (_known_trackers(cfg.log_with), "log_with", f"is not an accelerate tracker ({', '.join(TRACKERS)})"),
     ]
     for ok, key, problem in checks:
         if not ok:
-            raise InputError(f"config key {key!r}: {getattr(cfg, key)!r} {problem}")
+            raise InputError(f"config key {key!r}: {shown(getattr(cfg, key))} {problem}")
     cfg.run_dir()  # an unknown placeholder in `out` fails here, before any work
 
 
+def _known_trackers(log_with: str | None) -> bool:
+    """Whether `log_with` is empty or names accelerate trackers (one, or several separated by commas)."""
+    names = [name.strip() for name in (log_with or "").split(",") if name.strip()]
+    return all(name in TRACKERS for name in names)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping: UTF-8 text, YAML without aliases (`*name`: a few bytes of nested aliases
+    expand to billions of items) and without a key given twice in one mapping (the last would silently win)."""
     import yaml
+
+    from fashiondist.config_yaml import strict_load
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x})", hint="save it as UTF-8"
+        ) from None
+    try:
+        data = strict_load(text) or {}
     except yaml.YAMLError as err:
-        line = getattr(getattr(err, "problem_mark", None), "line", None)
-        where = f", line {line + 1}" if line is not None else ""
-        raise InputError(f"{path}{where}: not valid YAML") from None
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        raise InputError(f"{path}{where}: {problem}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: a config file must be a mapping of keys to values")
     return data
@@ -206,7 +290,7 @@ def parse_set_options(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InputError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set lr=0.05")
-        out[key.strip()] = _parse_scalar(value)
+        out[key.strip()] = _parse_scalar(value, pair)
     return out
 
 
@@ -228,8 +312,15 @@ def resolve_config(
     per_model = data.pop("per_model", None) or {}
     if not isinstance(per_model, dict):
         raise InputError(f"{source}: per_model must map model names to overrides")
+    for variant, entry in per_model.items():
+        if not isinstance(entry, dict):
+            raise InputError(
+                f"{source}: per_model.{variant} must be a mapping of config keys, got {shown(entry)}"
+            )
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     name = model or flags.get("model") or data.get("model") or TrainConfig.model
+    if not isinstance(name, str):
+        raise InputError(f"{source}: config key 'model': {shown(name)} is not a model name")
     cfg = TrainConfig(model=name)
     if recipe_for is not None:
         cfg = apply_overrides(cfg, recipe_for(name), source=f"model recipe of {name}")

@@ -221,6 +221,15 @@ def resolve_precision(
 
 def _auto(cpu: Cpu, gpus: list[Gpu], env: Mapping[str, str]) -> tuple[str, str]:
     launched = env.get(ACCELERATE_PRECISION_ENV, "").strip().lower()
+    if launched and launched not in (
+        NO,
+        FP16,
+        BF16,
+    ):  # accelerate's fp8 needs hardware and kernels we do not use
+        raise InputError(
+            f"{ACCELERATE_PRECISION_ENV}={launched!r}: not one of {NO}, {FP16}, {BF16}",
+            hint="fix the accelerate config's mixed_precision (or unset the variable)",
+        )
     if launched and launched != NO:
         return (
             launched,
@@ -274,9 +283,27 @@ def _gpu_names(gpus: list[Gpu]) -> str:
     return " and ".join(names)
 
 
+_TRUE = {"1", "true", "yes", "on", "y", "t"}  # accelerate's str_to_bool
+
+
+def cpu_forced(env: Mapping[str, str] | None = None) -> bool:
+    """True when the run is told to stay on the CPU although GPUs may be there: ACCELERATE_USE_CPU, which
+    `accelerate launch --cpu` and a config's `use_cpu: true` set for the processes they start."""
+    env = os.environ if env is None else env
+    return env.get("ACCELERATE_USE_CPU", "").strip().lower() in _TRUE
+
+
+def run_gpus(gpus: list[Gpu], env: Mapping[str, str] | None = None) -> list[Gpu]:
+    """The GPUs a run really uses: none when it is held to the CPU (`cpu_forced`), else `gpus`."""
+    return [] if cpu_forced(env) else gpus
+
+
 def this_machine_precision(requested: str) -> PrecisionChoice:
-    """`resolve_precision` on this machine: the CPU from /proc/cpuinfo, the GPUs torch sees, os.environ."""
-    return resolve_precision(requested, read_cpu(), cuda_gpus())
+    """`resolve_precision` for a run on this machine: the CPU from /proc/cpuinfo, the GPUs torch sees unless
+    the run is held to the CPU (then a GPU host's CPU run gets the CPU's choice, not the GPUs'), os.environ.
+
+    A training run calls it once, in `engine.trainer.make_accelerator`, and reads the choice from there."""
+    return resolve_precision(requested, read_cpu(), run_gpus(cuda_gpus()))
 
 
 _warned: set[str] = set()
@@ -313,12 +340,23 @@ def cuda_versions(driver_file: str = NVIDIA_DRIVER_FILE) -> dict[str, str | None
 
 
 def package_version(package: str) -> str | None:
-    """The installed version of `package`, or None."""
+    """The installed version of `package` (a distribution or an importable module name), or None.
+
+    A module may come from a distribution of another name: `onnxruntime` from `onnxruntime-gpu` (GPU installs
+    and images), `onnxruntime-openvino`, ... so a name with no distribution of its own is looked up among the
+    distributions that provide a top-level module of that name.
+    """
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        if package == "fashiondist":  # run from a checkout before `pip install -e .`
-            from fashiondist import __version__
+        pass
+    for distribution in importlib.metadata.packages_distributions().get(package, []):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if package == "fashiondist":  # run from a checkout before `pip install -e .`
+        from fashiondist import __version__
 
-            return __version__
-        return None
+        return __version__
+    return None

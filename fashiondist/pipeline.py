@@ -96,11 +96,11 @@ def _begin_record(parent: Path, configs: list[TrainConfig], accelerator, data) -
     """parent/run.json: the multi-model run as a whole (each variant's directory has its own)."""
     from fashiondist.data.digest import data_record
     from fashiondist.engine import run_record
-    from fashiondist.hardware import this_machine_precision
+    from fashiondist.engine.trainer import run_precision
 
     parent.mkdir(parents=True, exist_ok=True)
     variants = {cfg.model: cfg.to_dict() for cfg in configs}
-    choice = this_machine_precision(configs[0].precision)
+    choice = run_precision(accelerator, configs[0].precision)
     resumed = any(cfg.resume for cfg in configs)
     run_record.begin(parent, None, accelerator, data_record(data), choice, variants=variants, resumed=resumed)
 
@@ -117,11 +117,20 @@ def _finish_record(parent: Path, job: MainJob) -> None:
 def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> tuple[list, bool]:
     """(one RunResult per variant, whether this is the main process); stops after a preempted variant."""
     from fashiondist.data.sources import load_data
+    from fashiondist.engine.launch_guard import (
+        agree_on_config,
+        elastic_resume,
+        orphan_guard,
+        peer_loss_as_one_line,
+    )
     from fashiondist.engine.progress import TrainProgress
     from fashiondist.engine.run_lock import main_process_lock
     from fashiondist.engine.trainer import make_accelerator
 
+    orphan_guard()
+    configs = elastic_resume(configs, lambda message: log.print(message, highlight=False))
     accelerator = make_accelerator(configs[0], project_dir=parent or configs[0].run_dir())
+    agree_on_config(accelerator, configs)
     progress = TrainProgress(enabled=accelerator.is_main_process, quiet=configs[0].quiet, console=log)
     # one run at a time per directory: a multi-model run holds its parent, which holds every variant's
     lock = main_process_lock(accelerator, parent or configs[0].run_dir(), progress.log)
@@ -130,22 +139,25 @@ def train_all(configs: list[TrainConfig], parent: Path | None, log: Console) -> 
         record_dir = _parent_record(parent, configs)
         if record_dir is not None and accelerator.is_main_process:
             _begin_record(record_dir, configs, accelerator, data)
-        return _train_each(configs, record_dir, accelerator, progress, data)
+        with peer_loss_as_one_line():
+            return _train_each(configs, record_dir, accelerator, progress, data)
 
 
 def _train_each(
     configs: list[TrainConfig], record_dir: Path | None, accelerator, progress, data
 ) -> tuple[list, bool]:
     from fashiondist.engine.run_record import failure_recorded
+    from fashiondist.engine.tracker_run import start_tracker
     from fashiondist.engine.trainer import Trainer
 
     runs = []
     with progress, failure_recorded(record_dir, accelerator.is_main_process):
         for cfg in configs:
-            if cfg.log_with:
-                accelerator.init_trackers(cfg.model, config=cfg.to_dict())
             with failure_recorded(cfg.run_dir(), accelerator.is_main_process):
-                run = Trainer(cfg, accelerator, data, progress).run()
+                trainer = Trainer(cfg, accelerator, data, progress)
+                if cfg.log_with:  # after the Trainer read last/: a resumed run continues its tracker run
+                    start_tracker(accelerator, cfg, trainer.state)
+                run = trainer.run()
             if cfg.log_with:
                 accelerator.end_training()
             accelerator.free_memory()

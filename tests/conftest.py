@@ -62,10 +62,8 @@ def fresh_accelerate():
     """A module whose tests train in this process starts and leaves accelerate's state fresh: it is one per
     process, and its precision, fixed by the first Accelerator, cannot change (another module's run may have
     picked bf16, these ask for fp32)."""
-    from accelerate.state import AcceleratorState, GradientState
+    from accelerate_state import reset_accelerate
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()

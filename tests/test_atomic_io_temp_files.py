@@ -51,6 +51,11 @@ def test_an_error_leaves_the_old_file_and_no_temp(tmp_path: Path):
 WRITER = """
 import os, signal, sys, time
 from fashiondist.atomic_io import atomic_write
+# The dispositions a terminal's foreground job starts with: under `nohup` SIGHUP arrives ignored, and in a
+# background job (`&`) so does SIGINT (then Python installs no KeyboardInterrupt handler); inherited, either
+# would make the signal a no-op here and the test pass or fail by how pytest was started.
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with atomic_write(sys.argv[1]) as f:
     f.write(b"Id,Label\\n3,")
     os.kill(os.getpid(), getattr(signal, sys.argv[2]))

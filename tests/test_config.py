@@ -13,13 +13,12 @@ from fashiondist.errors import InputError
 from fashiondist.models.registry import model_recipe
 
 LEVELS = ("recipe", "yaml", "per_model", "flags")
+_LR = {"recipe": 0.2, "yaml": 0.3, "per_model": 0.4, "flags": 0.5}  # each level's own learning rate
 
 
 def _resolve(tmp_path: Path, levels: tuple[str, ...], model: str = "cnn") -> TrainConfig:
     """Each level in `levels` sets lr to its own value (and one key of its own); the others set nothing."""
-    lr = {
-        level: 0.2 + 0.1 * i for i, level in enumerate(LEVELS)
-    }  # recipe 0.2, yaml 0.3, per_model 0.4, flags 0.5
+    lr = _LR
     recipe = {"lr": lr["recipe"], "epochs": 7} if "recipe" in levels else {}
     data: dict = {}
     if "yaml" in levels:
@@ -36,8 +35,8 @@ def _resolve(tmp_path: Path, levels: tuple[str, ...], model: str = "cnn") -> Tra
 def test_each_level_overrides_the_ones_below(tmp_path: Path, top: int):
     levels = LEVELS[:top]
     cfg = _resolve(tmp_path, levels)
-    expected_lr = TrainConfig.lr if not levels else 0.2 + 0.1 * (top - 1)
-    assert cfg.lr == pytest.approx(expected_lr)
+    expected_lr = TrainConfig.lr if not levels else _LR[levels[-1]]
+    assert cfg.lr == expected_lr  # the very float the winning level wrote: no arithmetic, exact
     # what a lower level set and no higher level named survives; an unset level leaves the default
     assert cfg.epochs == (7 if "recipe" in levels else TrainConfig.epochs)
     assert cfg.seed == (3 if "yaml" in levels else TrainConfig.seed)
@@ -47,7 +46,7 @@ def test_each_level_overrides_the_ones_below(tmp_path: Path, top: int):
 
 
 def test_per_model_applies_to_its_model_only(tmp_path: Path):
-    assert _resolve(tmp_path, LEVELS[:3], model="convnet").lr == pytest.approx(0.3)  # the file's, not cnn's
+    assert _resolve(tmp_path, LEVELS[:3], model="convnet").lr == _LR["yaml"]  # the file's, not cnn's
 
 
 def test_the_registry_recipe_sits_between_defaults_and_the_file(tmp_path: Path):

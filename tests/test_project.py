@@ -10,17 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from dev_tools import dev_tool
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _tool(name: str) -> str:
-    """A dev tool's path; a missing one fails the test (CI installs the `dev` extra), never skips it."""
-    path = BIN / name if (BIN / name).exists() else shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: install the `dev` extra (pip install -e '.[dev]')")
-    return str(path)
+_tool = dev_tool
 
 
 def test_import_layers_hold():
@@ -115,5 +111,7 @@ def test_a_missing_test_csv_is_refused_before_training(tmp_path):
 
 def test_a_missing_dev_tool_fails_instead_of_skipping(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(pytest.fail.Exception, match="no-such-linter is not installed"):
+    with pytest.raises(
+        pytest.fail.Exception, match=r"no-such-linter is not installed: install the dev extra \(pip"
+    ):
         _tool("no-such-linter")

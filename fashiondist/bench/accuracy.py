@@ -12,7 +12,6 @@ the rest went. Accuracy is known once per epoch, so a time is an epoch boundary.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 from fashiondist.bench.child_process import child_env
 from fashiondist.bench.stats import Stat
 from fashiondist.errors import FashiondistError, InputError
+from fashiondist.run_layout import METRICS_FILE, SUMMARY_FILE, read_json, read_metrics
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -92,10 +92,6 @@ class AccuracyBench:
         return command
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _target_key(target: float) -> str:
     return f"{target:.4f}".rstrip("0").rstrip(".")
 
@@ -114,10 +110,11 @@ def _run_once(
             f"bench time-to-accuracy: fashiondist train exited with code {done.returncode} (its messages are above)"
         )
     runs = []
-    for metrics in sorted(out.rglob("metrics.jsonl")):
-        records = _read_metrics(metrics)
-        summary_path = metrics.parent / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    for metrics in sorted(out.rglob(METRICS_FILE)):
+        records = read_metrics(metrics.parent)
+        summary = (
+            read_json(metrics.parent / SUMMARY_FILE) if (metrics.parent / SUMMARY_FILE).is_file() else {}
+        )
         targets: dict[str, dict[str, Any] | None] = {}
         for target in bench.targets:
             first = next((r for r in records if r["val_acc"] >= target), None)
@@ -156,7 +153,7 @@ def _run_once(
         )
     if not runs:
         raise FashiondistError(
-            f"bench time-to-accuracy: fashiondist train wrote no metrics.jsonl under {out}"
+            f"bench time-to-accuracy: fashiondist train wrote no {METRICS_FILE} under {out}"
         )
     return runs
 

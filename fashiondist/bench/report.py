@@ -38,10 +38,6 @@ def fmt_ratio(stat: Stat | None) -> str:
     return _fmt(stat, ".2f", "x")
 
 
-def stat_dict(stat: Stat | None) -> dict[str, Any] | None:
-    return None if stat is None else stat.to_dict()
-
-
 def check_json_target(path: str | Path | None) -> Path | None:
     """Fail before any measuring when the JSON file could not be written (see `output_paths`)."""
     return None if path is None else check_output_file(path, "--json")

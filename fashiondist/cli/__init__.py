@@ -9,13 +9,17 @@
 Each command group lives in its own module with a `register(subparsers)` function; heavy imports (torch,
 onnxruntime) happen inside the command, so `fashiondist --help` and `fashiondist infer` start fast.
 Results go to stdout, logs and progress to stderr. Known errors become one line with a hint: exit 2 for
-bad input (a malformed CSV, a wrong model file, a bad option), exit 1 for other known failures.
+bad input (a malformed CSV, a wrong model file, a bad option) and for a write the file system refuses (a
+full disk, a read-only mount, no permission), exit 1 for other known failures. Every error line starts
+`fashiondist: error:`, an option error of a command included (its hint names the command's --help), and
+stays one line: a newline or other control character in a path or value is shown escaped (`\\n`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from fashiondist import __version__
@@ -35,11 +39,27 @@ COMMAND_MODULES = (
 )
 
 
+# C0 and C1 control characters (newline, carriage return, escape, ...) and the Unicode line separators: any
+# of them in a path or value would split the one error line, or rewrite the terminal's.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character shown as an escape (a newline as `\\n`), so it prints as one line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def error_line(message: str) -> str:
+    """The one line every error prints on stderr."""
+    return f"fashiondist: error: {one_line(message)}\n"
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
-    """A bad option is one line on stderr (argparse would print the usage first) and exit code 2."""
+    """A bad option is one line on stderr (argparse would print the usage first) and exit code 2; it reads
+    `fashiondist: error:` like every other error, the command named in the hint."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, error_line(f"{message} (see `{self.prog} --help`)"))
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -67,8 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FashiondistError as err:
-        print(f"fashiondist: error: {err}", file=sys.stderr)
+        sys.stderr.write(error_line(str(err)))
         return err.exit_code
+    except OSError as err:
+        # the file system refused a file outside atomic_io (a checkpoint's temp directory, a rename, a mkdir)
+        from fashiondist.atomic_io import WRITE_REFUSALS
+
+        if err.errno not in WRITE_REFUSALS:
+            raise
+        where = f"{err.filename}: " if err.filename is not None else ""
+        sys.stderr.write(
+            error_line(f"{where}{err.strerror or type(err).__name__} (hint: {WRITE_REFUSALS[err.errno]})")
+        )
+        return 2
     except KeyboardInterrupt:
         print("fashiondist: interrupted", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fashiondist.cli._common import add_data_option, formatter
@@ -161,8 +162,10 @@ def run_export_csv(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, "--out")
     parts = [load_data(args.data, split=split) for split in available_splits(args.data)]
     targets = [out / _csv_name(part.split) for part in parts]
+    source = Path(args.data)
+    inputs = [source, *(source.iterdir() if source.is_dir() else ())]  # a CSV, or an IDX directory's files
     if out.is_dir():  # a directory still to be made has nothing in the way; an existing one may
-        targets = [check_output_file(target, "--out") for target in targets]
+        targets = [check_output_file(target, "--out", inputs=inputs) for target in targets]
     out.mkdir(parents=True, exist_ok=True)
     written = Table(title=f"{args.data} as competition CSVs")
     for name in ("file", "rows", "bytes"):

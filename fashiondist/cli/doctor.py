@@ -47,10 +47,10 @@ def diagnose() -> dict[str, Any]:
     """Every fact `doctor` shows, as plain JSON-ready data."""
     import torch
 
-    from fashiondist.hardware import cuda_gpus, package_version, read_cpu, resolve_precision
+    from fashiondist.hardware import cuda_gpus, package_version, read_cpu, resolve_precision, run_gpus
 
     cpu, gpus = read_cpu(), cuda_gpus()
-    choice = resolve_precision("auto", cpu, gpus)
+    choice = resolve_precision("auto", cpu, run_gpus(gpus))  # a run held to the CPU gets the CPU's choice
     return {
         "cpu": {**cpu.to_dict(), "torch_threads": torch.get_num_threads()},
         "gpus": [g.to_dict() for g in gpus],

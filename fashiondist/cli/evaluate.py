@@ -48,9 +48,17 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from fashiondist.engine.checkpoint_predictions import predict_checkpoint
-    from fashiondist.output_paths import check_output_dir
+    from fashiondist.output_paths import check_not_an_input, check_output_dir
 
     out = check_output_dir(args.out or f"{Path(args.path).resolve()}-eval", "--out")
+    checkpoint = Path(args.path)
+    # the report goes beside what it reads, never into it (a run directory, its best/, the data's directory)
+    check_not_an_input(
+        out,
+        "--out",
+        inputs=[args.data],
+        run_dirs=[checkpoint if checkpoint.is_dir() else checkpoint.parent, args.data],
+    )
     created = not out.exists()
     try:
         predict_checkpoint(args.path, args.data, out, batch_size=args.batch_size)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fashiondist.cli._common import add_data_option, formatter
+from fashiondist.cli._common import add_data_option, formatter, points
 from fashiondist.config import Tta
+from fashiondist.run_layout import CONFIG_FILE, RUN_FILE
 
 DESCRIPTION = """\
 Export a trained model to ONNX: uint8 `pixels` [N, 1, 28, 28] in, float32 `probs` [N, K] out, the
@@ -70,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-int8-drop",
-        type=float,
+        type=points,
         default=0.5,
         metavar="POINTS",
         help="refuse the int8 model if its validation accuracy drops by more (default: %(default)s)",
@@ -84,9 +85,11 @@ def run(args: argparse.Namespace) -> int:
     from fashiondist.errors import FashiondistError, InputError
     from fashiondist.export.check_images import load_check_images, run_config
     from fashiondist.export.exporter import export_checkpoint
+    from fashiondist.export.opsets import check_opset
     from fashiondist.output_paths import check_output_file
 
     log = log_console()
+    check_opset(args.opset)  # before any work: an opset the exporter or onnxruntime cannot take
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
         raise InputError(f"{checkpoint}: no such run directory or checkpoint")
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         if args.out
         else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "model.onnx"
     )
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", inputs=_run_files(checkpoint), run_dirs=_resume_dirs(checkpoint))
     checks = load_check_images(args.data or run_config(checkpoint).data, checkpoint)
     log.print(f"checking with {checks.description}", highlight=False)
     report = export_checkpoint(
@@ -116,6 +119,31 @@ def run(args: argparse.Namespace) -> int:
             report.int8_refusal, hint="export without --quantize, or calibrate on more training images"
         )
     return 0
+
+
+def _run_of(checkpoint: Path) -> Path:
+    """The run directory `checkpoint` belongs to: itself, or the directory above it (`RUN/best`)."""
+    start = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    for directory in (start, start.parent):
+        if any((directory / name).is_file() for name in (RUN_FILE, CONFIG_FILE)):
+            return directory
+    return start
+
+
+def _run_files(checkpoint: Path) -> list[Path]:
+    """What export must not overwrite: the checkpoint and every file of its run but earlier exports (.onnx
+    and their report), so `--out RUN/run.json` or `RUN/best/model.safetensors` cannot destroy the run."""
+    from fashiondist.export.exporter import REPORT_NAME
+
+    files = [checkpoint, *(p for p in _run_of(checkpoint).rglob("*") if p.is_file())]
+    return [p for p in files if p.suffix != ".onnx" and p.name != REPORT_NAME]
+
+
+def _resume_dirs(checkpoint: Path) -> list[Path]:
+    """The run's resume state (`last/` and its previous version): nothing export writes belongs there."""
+    from fashiondist.engine.run_checkpoint import LAST_DIR, PREVIOUS_LAST
+
+    return [_run_of(checkpoint) / LAST_DIR, _run_of(checkpoint) / PREVIOUS_LAST]
 
 
 def export_table(report):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from fashiondist.cli._common import formatter, positive_int
+from fashiondist.cli._common import formatter, positive_int, thread_count
 from fashiondist.constants import INFER_BATCH_SIZE
 from fashiondist.inference.providers import PROVIDER_CHOICES
 
@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
         metavar="N",
         help="CPU threads for onnxruntime (default: one per CPU this process may use: affinity, cgroup quota)",
@@ -90,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
     from fashiondist.inference.choice import choose_model
     from fashiondist.inference.job import infer_csv
     from fashiondist.inference.session import open_session
+    from fashiondist.output_paths import check_output_file
 
     choice = choose_model(args.model, args.fp32)
+    check_output_file(
+        args.out, "--out", inputs={"the input CSV": args.csv, "the model": choice.path}
+    )  # before any work
     model = open_session(choice.path, args.provider, args.threads)
     with _progress(Path(args.csv), model.provider) as advance:
         result = infer_csv(
@@ -155,6 +159,8 @@ def _count_rows(path: Path) -> int | None:
     A line ends at `\\n`, `\\r\\n` or `\\r` (old Mac files), as for the reader: the more common of the two bytes.
     """
     newlines = returns = 0
+    if not path.is_file():
+        return None  # a pipe (/dev/stdin, <(...)): its bytes are the reader's alone
     try:
         with path.open("rb") as f:
             if f.read(2) == b"\x1f\x8b":

@@ -181,6 +181,15 @@ def run(args: argparse.Namespace) -> int:
         parent = configs[0].run_dir()  # one variant ships from its own run directory
     _check_sweep_wide(configs)
     _check_outputs(configs, parent)
+    if args.test:  # the submission is written over OUT/submission.csv: never the --test CSV itself
+        from fashiondist.output_paths import check_not_an_input
+        from fashiondist.pipeline import SUBMISSION_FILE
+
+        check_not_an_input(parent / SUBMISSION_FILE, "--out", inputs={"the --test CSV": args.test})
+    from fashiondist.models.registry import check_model_kwargs
+
+    for cfg in configs:  # each variant's model_kwargs, before any data is loaded
+        check_model_kwargs(cfg.model, cfg.model_kwargs)
     from fashiondist.pipeline import run_main_job
 
     out = results_console()

@@ -150,7 +150,9 @@ class TrainBatches:
         self.shift = shift if augment else 0
         self.erase = erase if augment else 0.0
 
-    def __len__(self) -> int:
+    @property
+    def num_images(self) -> int:
+        """Training images on this process's device (all of them: each rank draws its share per step)."""
         return len(self.images)
 
     @property

@@ -17,6 +17,7 @@ from fashiondist.engine.evaluate import model_probs, save_predictions
 from fashiondist.errors import InputError
 from fashiondist.models.checkpoint import load_model, resolve_model_dir
 from fashiondist.models.complexity import count_parameters, macs_per_image
+from fashiondist.run_layout import METRICS_FILE, SUMMARY_FILE
 
 
 def predict_checkpoint(checkpoint: str | Path, data_spec: str, out: Path, batch_size: int = 1024) -> Path:
@@ -36,12 +37,12 @@ def predict_checkpoint(checkpoint: str | Path, data_spec: str, out: Path, batch_
     out.mkdir(parents=True, exist_ok=True)
     save_predictions(out, data.labels, probs.numpy())
     run_dir = resolve_model_dir(checkpoint).parent
-    history = run_dir / "metrics.jsonl"
+    history = run_dir / METRICS_FILE
     if history.is_file():  # the checkpoint's own training curves, when it came from a run directory
-        shutil.copyfile(history, out / "metrics.jsonl")
+        shutil.copyfile(history, out / METRICS_FILE)
     else:
-        (out / "metrics.jsonl").write_text("")
-    write_json(out / "summary.json", {
+        (out / METRICS_FILE).write_text("")
+    write_json(out / SUMMARY_FILE, {
         "model": meta["name"],
         "model_kwargs": meta["kwargs"],
         "params": count_parameters(model),

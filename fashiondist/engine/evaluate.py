@@ -18,6 +18,7 @@ from fashiondist.config import Tta
 from fashiondist.engine.batches import shard_for_eval
 from fashiondist.metrics import accuracy
 from fashiondist.models.tta import tta_probs
+from fashiondist.run_layout import PREDICTIONS_FILE
 
 
 @torch.no_grad()
@@ -73,9 +74,6 @@ def evaluate(
     nll = -torch.log(gathered_probs.gather(1, gathered_labels[:, None]).clamp_min(1e-12)).mean()
     probs_np, labels_np = gathered_probs.numpy(), gathered_labels.numpy()
     return EvalResult(probs_np, labels_np, float(nll), accuracy(labels_np, probs_np.argmax(1)))
-
-
-PREDICTIONS_FILE = "val_predictions.npz"
 
 
 def save_predictions(run_dir: Path, labels: np.ndarray, probs: np.ndarray) -> None:

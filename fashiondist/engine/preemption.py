@@ -1,4 +1,10 @@
-"""Cluster preemption: SIGTERM or SIGUSR1 asks the run to save `last/` at the next step boundary and exit 0.
+"""Cluster preemption: SIGTERM or the preemption signal asks the run to save `last/` at the next step
+boundary and exit 0.
+
+The preemption signal is SIGUSR1 unless FASHIONDIST_PREEMPT_SIGNAL says USR2: some NCCL versions install
+their own SIGUSR1 handler (NVIDIA/nccl issue 704), which is why submitit moved to SIGUSR2. It is a property of
+the launch (the scheduler's `--signal`), not a hyperparameter, so it is an environment variable that
+launch/torchrun.sh, launch/accelerate.sh and launch/slurm/train.sbatch read too.
 
 The handler only records the signal; the training loop polls `requested(accelerator)` between optimizer
 steps. The flag is max-reduced across ranks, so all ranks stop at the same step even when the signal reached
@@ -7,14 +13,32 @@ only one of them.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
 import torch
 
-_SIGNALS = tuple(
-    s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None
-)
+from fashiondist.errors import InputError
+
+PREEMPT_SIGNAL_ENV = "FASHIONDIST_PREEMPT_SIGNAL"
+PREEMPT_SIGNALS = ("USR1", "USR2")  # the first is the default
+
+
+def preempt_signal(env=None) -> signal.Signals:
+    """The preemption signal FASHIONDIST_PREEMPT_SIGNAL names (USR1 or USR2, with or without SIG), else SIGUSR1."""
+    env = os.environ if env is None else env
+    raw = env.get(PREEMPT_SIGNAL_ENV, "").strip()
+    name = raw.upper().removeprefix("SIG") or PREEMPT_SIGNALS[0]
+    if name not in PREEMPT_SIGNALS:
+        raise InputError(
+            f"{PREEMPT_SIGNAL_ENV}={raw!r}: not a preemption signal; use one of {', '.join(PREEMPT_SIGNALS)}"
+        )
+    return signal.Signals[f"SIG{name}"]
+
+
+def _signals() -> tuple[signal.Signals, ...]:
+    return (signal.SIGTERM, preempt_signal())
 
 
 class PreemptionWatch:
@@ -24,7 +48,7 @@ class PreemptionWatch:
 
     def __enter__(self) -> PreemptionWatch:
         if threading.current_thread() is threading.main_thread():
-            for sig in _SIGNALS:
+            for sig in _signals():
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -47,6 +71,6 @@ class PreemptionWatch:
         if step % every:
             return False
         flag = torch.tensor([1.0 if self.signal_name else 0.0], device=accelerator.device)
-        if accelerator.num_processes > 1:
-            flag = accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
+        return bool(
+            accelerator.reduce(flag, reduction="sum").item() > 0
+        )  # several processes (1 returned above)

@@ -24,7 +24,7 @@ from fashiondist.config import Optimizer, TrainConfig
 from fashiondist.engine.batches import BatchLayout, TrainBatches
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.schedule import lr_at
-from fashiondist.engine.switches import set_speed_switches
+from fashiondist.engine.switches import describe_speed_switches
 from fashiondist.models.registry import create_model
 
 # Dropout seeds mix (run seed, optimizer step) into one integer; the stride keeps the pairs apart.
@@ -161,7 +161,7 @@ def prepare_training(
     model, optimizer = acc.prepare(model, build_optimizer(cfg, model))
     acc.gradient_accumulation_steps = cfg.grad_accum
     acc.step = 0  # accelerate's micro-step counter: the first window starts on a boundary
-    training = PreparedTraining(cfg, acc, model, optimizer, batches, None, set_speed_switches(acc))
+    training = PreparedTraining(cfg, acc, model, optimizer, batches, None, describe_speed_switches(acc))
     if cfg.ema > 0:
         training.ema = Ema(training.raw_model, cfg.ema)
     return training

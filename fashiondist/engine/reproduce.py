@@ -18,12 +18,12 @@ inside the run-to-run spread of seeds. Step, val_count and lr are exact everywhe
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fashiondist import run_layout
 from fashiondist.config import TrainConfig, apply_overrides, load_saved_config
 from fashiondist.data.digest import data_digest
 from fashiondist.data.sources import load_data
@@ -31,8 +31,9 @@ from fashiondist.engine.progress import TrainProgress
 from fashiondist.engine.run_record import environment_differences, failure_recorded, read_run_record
 from fashiondist.engine.trainer import Trainer, make_accelerator
 from fashiondist.errors import InputError
+from fashiondist.output_paths import check_not_an_input, check_output_dir
+from fashiondist.run_layout import CONFIG_FILE, METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"
 # metric -> largest |difference| expected in another environment (accuracy as a fraction, loss in nats)
 TOLERANCE = {
     "step": 0.0,
@@ -84,21 +85,12 @@ class Reproduction:
         return 0 if self.causes and all(d.within_tolerance for d in self.diffs) else 1
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl's records, one per epoch, in order; a bad line is one error naming it."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the recorded metrics ({err.strerror or err})") from None
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or record.get("epoch") != number:
-                raise ValueError(f"expected the record of epoch {number}")
-        except ValueError as err:
-            raise InputError(f"{path}, line {number}: not an epoch's metrics ({err})") from None
-        records.append(record)
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records (read by `run_layout.read_metrics`), which must be epochs 1 to N to rerun."""
+    records = run_layout.read_metrics(run_dir)
+    epochs = [record["epoch"] for record in records]
+    if epochs != list(range(1, len(records) + 1)):
+        raise InputError(f"{Path(run_dir) / METRICS_FILE}: records epochs {epochs}, not 1 to {len(records)}")
     return records
 
 
@@ -128,7 +120,7 @@ def _data_spec(record: dict[str, Any]) -> str:
 
 
 def _rerun_config(run_dir: Path, record: dict[str, Any], out: Path, overrides: dict[str, Any]) -> TrainConfig:
-    cfg = load_saved_config(run_dir / "config.yaml")
+    cfg = load_saved_config(run_dir / CONFIG_FILE)
     cfg = apply_overrides(cfg, overrides, source="--set")
     cfg.data, cfg.out, cfg.resume, cfg.log_with = _data_spec(record), str(out), None, None
     return cfg
@@ -177,19 +169,23 @@ def reproduce_run(
 ) -> Reproduction:
     """Rerun `run_dir` (its first `epochs` epochs, default all it recorded) into `out` and compare."""
     run_dir = Path(run_dir)
-    record = read_run_record(run_dir)
+    out = Path(out) if out is not None else run_dir.with_name(f"{run_dir.name}-reproduce")
+    check_output_dir(out, "--out")  # a file, a device, a directory nothing can be written in: refused first
+    check_not_an_input(out, "--out", run_dirs=[run_dir])
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"--out {out}: not empty; the rerun needs a directory of its own")
+    record = read_run_record(
+        run_dir
+    )  # every key checked: a hand-edited record fails here, not after the rerun
     if record["variants"]:
         first = next(iter(record["variants"]))
         raise InputError(
             f"{run_dir}: a multi-model run; reproduce one of its variants, e.g. {run_dir / first}"
         )
-    recorded = read_metrics(run_dir / METRICS_FILE)
+    recorded = read_metrics(run_dir)
     epochs = len(recorded) if epochs is None else epochs
     if not 1 <= epochs <= len(recorded):
         raise InputError(f"--epochs {epochs}: {run_dir / METRICS_FILE} records epochs 1 to {len(recorded)}")
-    out = Path(out) if out is not None else run_dir.with_name(f"{run_dir.name}-reproduce")
-    if out.resolve() == run_dir.resolve() or (out.exists() and any(out.iterdir())):
-        raise InputError(f"--out {out}: not empty; the rerun needs a directory of its own")
     cfg = _rerun_config(run_dir, record, out, overrides or {})
     data = load_data(cfg.data, split=record["data"]["split"])
     digest = data_digest(data.images, data.labels)
@@ -225,4 +221,4 @@ def _train(cfg: TrainConfig, data, epochs: int, quiet: bool) -> tuple[list[dict[
     with TrainProgress(enabled=main, quiet=quiet) as progress, failure_recorded(cfg.run_dir(), main):
         Trainer(cfg, accelerator, data, progress, epoch_limit=epochs).run()
     out = cfg.run_dir()
-    return read_metrics(out / METRICS_FILE), read_run_record(out)
+    return read_metrics(out), read_run_record(out)

@@ -14,6 +14,7 @@ InputError naming the file and what to do, or, where `.last.prev/` is complete, 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -30,18 +31,28 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from fashiondist.atomic_io import write_json
+from fashiondist.atomic_io import write_bytes, write_json
 from fashiondist.engine.run_state import RunState
-from fashiondist.errors import InputError
+from fashiondist.errors import FashiondistError, InputError
+from fashiondist.run_layout import BEST_DIR, CONFIG_FILE, LAST_DIR
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
 EMA_DIR = "ema"
 WEIGHTS = "model.safetensors"
-LAST_DIR = "last"
 PREVIOUS_LAST = ".last.prev"  # last/ as it was before the latest save
-METRICS = "metrics.jsonl"
 RESUME_HINT = "resume from another checkpoint, or rerun without --resume to start again"
+# The config keys a resumed run must share with its checkpoint, and why. World size and grad_accum may change:
+# the global batch (batch_size) fixes what an optimizer step sees.
+RESUME_KEYS = {
+    "model": "the weights belong to it",
+    "model_kwargs": "the weights belong to it",
+    "batch_size": "the global batch fixes what each optimizer step sees",
+    "data": "it decides the training and validation split",
+    "val_fraction": "it decides the validation split (training images would leak into validation)",
+    "seed": "it decides the validation split (training images would leak into validation)",
+    "optimizer": "the optimizer state belongs to it",
+}
 
 
 @contextlib.contextmanager
@@ -66,6 +77,67 @@ def atomic_dir(target: Path, keep_previous: Path | None = None) -> Iterator[Path
         shutil.rmtree(aside, ignore_errors=True)
 
 
+def resume_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The values of RESUME_KEYS in a config's dict (TrainConfig.to_dict()), as trainer_state.json keeps them."""
+    return {key: config.get(key) for key in RESUME_KEYS}
+
+
+def check_resumable(last: LastCheckpoint, config: dict[str, Any]) -> None:
+    """InputError naming the first of RESUME_KEYS where this run's `config` (TrainConfig.to_dict()) differs
+    from the checkpoint's. Checkpoints made before trainer_state.json kept them are compared with their run's
+    config.yaml, when there is one (model, model_kwargs and global batch are in every trainer state)."""
+    state = last.state
+    recorded = dict(state.resume_keys or _saved_resume_keys(last.directory.parent))
+    recorded.update(model=state.model, model_kwargs=state.model_kwargs, batch_size=state.global_batch)
+    for key, why in RESUME_KEYS.items():
+        if key in recorded and not _same_value(key, recorded[key], config.get(key)):
+            raise InputError(
+                f"--resume {last.directory}: the checkpoint has {key}={recorded[key]!r}, this run "
+                f"{config.get(key)!r}; {why}",
+                hint=f"resume with the same {key}, or start a new --out",
+            )
+
+
+def _saved_resume_keys(run_dir: Path) -> dict[str, Any]:
+    """RESUME_KEYS from `run_dir/config.yaml` (the run's resolved config), or nothing when it is unreadable."""
+    from fashiondist.config import load_saved_config
+
+    try:
+        return resume_keys(load_saved_config(run_dir / CONFIG_FILE).to_dict())
+    except InputError:
+        return {}
+
+
+def _same_value(key: str, recorded: Any, mine: Any) -> bool:
+    """Equal, a data path compared as the file it names (a relative path from another directory is the same)."""
+    if recorded == mine:
+        return True
+    if key == "data" and isinstance(recorded, str) and isinstance(mine, str):
+        a, b = Path(recorded), Path(mine)
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    return False
+
+
+def non_finite_loss(
+    model: str, step: int, epoch: int, run_dir: Path | None, precision: str
+) -> FashiondistError:
+    """The error of a run stopped by a non-finite loss: the checkpoint to go back to only when this run has one
+    (`run_dir` None: it saved none and resumed from none), the fp16 -> bf16 advice only for a run in fp16."""
+    last = run_dir / LAST_DIR if run_dir is not None else None
+    where = (
+        f"the last good checkpoint is {last} (resume from it with --resume auto and a lower --lr)"
+        if last is not None and (last / TRAINER_STATE).is_file()
+        else "no checkpoint was saved before it"
+    )
+    hints = ["lower --lr", "add --set grad_clip=1.0"]
+    if precision == "fp16":
+        hints.append("use --precision bf16 instead of fp16 (a wider exponent range)")
+    return FashiondistError(
+        f"{model}: non-finite loss at optimizer step {step} (epoch {epoch}); stopped without saving, {where}",
+        hint=", or ".join([", ".join(hints[:-1]), hints[-1]]),
+    )
+
+
 def sweep_partial(run_dir: Path) -> list[Path]:
     """Remove the `.NAME.tmp-*` directories a crash mid-save left in `run_dir` (call it holding the run's
     lock, so no live writer owns one); return them."""
@@ -86,7 +158,11 @@ def save_last(
     target = run_dir / LAST_DIR
     with atomic_dir(target, keep_previous=run_dir / PREVIOUS_LAST) as tmp:
         save_weights(tmp)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_STATE)
+        # serialized in memory, then written by atomic_io: torch's own file writer turns a full disk into a
+        # RuntimeError ("unexpected pos ..."); write_bytes makes it the one-line write refusal
+        buffer = io.BytesIO()
+        torch.save(optimizer.state_dict(), buffer)
+        write_bytes(tmp / OPTIMIZER_STATE, buffer.getvalue())
         if ema_save_weights is not None:
             ema_save_weights(tmp / EMA_DIR)
         write_json(tmp / TRAINER_STATE, state)
@@ -148,7 +224,7 @@ def load_last(resume: str, run_dir: Path) -> LastCheckpoint | None:
                     f"{previous} (at epoch {checkpoint.state.epoch + 1}, step {checkpoint.state.step}) instead"
                 )
                 return checkpoint
-        best = last.parent / "best"
+        best = last.parent / BEST_DIR
         raise DamagedCheckpoint(
             damage.path,
             f"{damage.problem}; no earlier complete checkpoint to fall back on"

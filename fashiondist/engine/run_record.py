@@ -37,8 +37,8 @@ from fashiondist.hardware import (
     package_version,
     read_cpu,
 )
+from fashiondist.run_layout import RUN_FILE
 
-RUN_FILE = "run.json"
 FORMAT = 1
 IMAGE_ENV = "FASHIONDIST_IMAGE"
 PACKAGES = ("torch", "torchvision", "accelerate", "onnx", "onnxruntime", "numpy")
@@ -210,7 +210,80 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: not a readable run record ({err})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise InputError(f"{path}: not a run record of format {FORMAT}")
+    problem = record_problem(record)
+    if problem:
+        raise InputError(
+            f"{path}: not a complete run record ({problem})",
+            hint="restore it from a backup, or rerun the run",
+        )
     return record
+
+
+_NONE = type(None)
+_TEXT = (str, _NONE)
+# Every key a reader of run.json relies on (`describe`, `reproduce`, `environment_differences`), with the
+# JSON types it may hold: read_run_record checks them all, so a hand-edited record is one line naming the key,
+# never a KeyError later (or after a whole rerun).
+_SCHEMA: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("status", (str,)),
+    ("started", (str,)),
+    ("finished", _TEXT),
+    ("command", (list,)),
+    ("environment", (dict,)),
+    ("environment.python", (str,)),
+    ("environment.packages", (dict,)),
+    ("environment.image", _TEXT),
+    ("environment.fashiondist", (dict,)),
+    ("environment.fashiondist.version", (str,)),
+    ("environment.fashiondist.commit", _TEXT),
+    ("environment.fashiondist.dirty", (bool, _NONE)),
+    ("environment.fashiondist.note", _TEXT),
+    ("environment.machine", (dict,)),
+    ("environment.machine.cpu", (dict,)),
+    ("environment.machine.cpu.model", _TEXT),
+    ("environment.machine.cpu.isa", (dict,)),
+    ("environment.machine.gpus", (list,)),
+    ("environment.machine.driver", _TEXT),
+    ("environment.machine.cuda", _TEXT),
+    ("environment.machine.torch_cpu_capability", _TEXT),
+    ("environment.machine.torch_threads", (int,)),
+    ("environment.distributed", (dict,)),
+    ("environment.distributed.world_size", (int,)),
+    ("environment.distributed.type", (str,)),
+    ("environment.distributed.backend", _TEXT),
+    ("data", (dict,)),
+    ("data.source", (str,)),
+    ("data.path", _TEXT),
+    ("data.split", (str,)),
+    ("data.images", (int,)),
+    ("data.labels", (int,)),
+    ("data.sha256", (str,)),
+    ("seeds", (dict,)),
+    ("seeds.seed", (int, list)),
+    ("precision", (dict,)),
+    ("precision.resolved", (str,)),
+    ("precision.reason", (str,)),
+    ("config", (dict, _NONE)),
+    ("variants", (dict, _NONE)),
+)
+_MISSING = object()
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What is missing or of the wrong type in a run record (the first such key), or None when it is whole."""
+    for dotted, types in _SCHEMA:
+        value: Any = record
+        for key in dotted.split("."):
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            return f"no {dotted!r}"
+        # a bool is an int to Python, never to run.json's readers
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            kinds = " or ".join("null" if t is _NONE else t.__name__ for t in types)
+            return f"{dotted!r} is {type(value).__name__ if value is not None else 'null'}, expected {kinds}"
+    if (record["config"] is None) == (record["variants"] is None):
+        return "expected either 'config' (one run) or 'variants' (a multi-model run)"
+    return None
 
 
 def find_run_record(checkpoint: str | Path) -> dict[str, Any] | None:

@@ -37,10 +37,19 @@ class RunState:
     best_epoch: int = 0  # 1-based; 0: none yet
     stale_epochs: int = 0  # epochs since the best one, for early stopping
     scaler: dict[str, Any] | None = None  # the fp16 loss scaler's state
+    tracker_run: str | None = None  # the --log-with tracker's run id, reused on resume (engine.tracker_run)
     version: str = __version__
+    # the config keys a resume must keep (run_checkpoint.RESUME_KEYS); None in checkpoints made before them
+    resume_keys: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        # absent when None: a state read from a file without them (or a run without --log-with) is written
+        # back unchanged
+        for key in ("tracker_run", "resume_keys"):
+            if out[key] is None:
+                del out[key]
+        return out
 
     @classmethod
     def from_json(cls, data: Any, source: Path) -> RunState:

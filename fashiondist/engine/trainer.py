@@ -15,16 +15,18 @@ except for BatchNorm statistics and dropout masks, which are per process by natu
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from fashiondist import __version__
 from fashiondist.atomic_io import atomic_write, write_json
@@ -39,10 +41,13 @@ from fashiondist.engine.prepared import TrainTally, prepare_training
 from fashiondist.engine.progress import TrainProgress
 from fashiondist.engine.run_state import RunState
 from fashiondist.engine.schedule import lr_at
-from fashiondist.errors import FashiondistError, InputError
-from fashiondist.hardware import this_machine_precision, warn_once
+from fashiondist.engine.switches import speed_switches
+from fashiondist.errors import InputError
+from fashiondist.hardware import PrecisionChoice, cpu_forced, this_machine_precision, warn_once
+from fashiondist.metrics import cross_entropy
 from fashiondist.models.checkpoint import save_model
 from fashiondist.models.complexity import count_parameters, macs_per_image
+from fashiondist.run_layout import BEST_DIR, CONFIG_FILE, LAST_DIR, METRICS_FILE, SUMMARY_FILE
 
 # How often (optimizer steps) the progress bar reads the running loss and the non-finite check looks back.
 REFRESH_EVERY = 25
@@ -68,18 +73,37 @@ def make_accelerator(cfg: TrainConfig, project_dir: str | Path | None = None) ->
     otherwise start N world-size-1 copies instead of one gloo group. `compile` asks accelerate's dynamo
     plugin for torch.compile (inductor); without it the launcher's config decides (by default: no).
     """
-    choice = this_machine_precision(cfg.precision)
+    choice = this_machine_precision(cfg.precision)  # the run's one resolution: see `run_precision`
+    # dist_timeout: how long a collective waits for a missing peer before the process group gives up
+    group = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist_timeout))
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
+        cpu=cpu_forced() or not torch.cuda.is_available(),
         mixed_precision=choice.precision,
         dynamo_backend="inductor" if cfg.compile else None,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=cfg.log_with,
         project_dir=str(project_dir) if project_dir is not None else None,
+        kwargs_handlers=[group],
     )
+    _PRECISIONS[accelerator] = choice
     if choice.warning and accelerator.is_main_process:
         warn_once(choice.warning)
     return accelerator
+
+
+_PRECISIONS: weakref.WeakKeyDictionary[Accelerator, PrecisionChoice] = weakref.WeakKeyDictionary()
+
+
+def run_precision(accelerator: Accelerator, requested: str) -> PrecisionChoice:
+    """The precision choice `make_accelerator` resolved for this Accelerator (once per run; the trainer and
+    the run records read it here). An Accelerator made elsewhere (a test's) reports what it was given."""
+    choice = _PRECISIONS.get(accelerator)
+    if choice is None:
+        given = accelerator.mixed_precision
+        choice = PrecisionChoice(
+            getattr(requested, "value", requested), given, f"the Accelerator was given {given}"
+        )
+    return choice
 
 
 @dataclass(frozen=True)
@@ -115,7 +139,7 @@ class Trainer:
         self.class_names = list(data.class_names)
         self.epoch_limit = min(cfg.epochs, epoch_limit or cfg.epochs)
         self.data_record = data_record(data) if accelerator.is_main_process else None
-        self.precision_choice = this_machine_precision(cfg.precision)  # what `auto` picked here, and why
+        self.precision_choice = run_precision(accelerator, cfg.precision)  # what `auto` picked, and why
 
         train_idx, val_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
         # the validation split lives on the device too: uint8 [M, 1, H, W], int64 [M]
@@ -124,7 +148,7 @@ class Trainer:
         last = run_checkpoint.load_last(cfg.resume, self.run_dir) if cfg.resume is not None else None
         self.resumed_from = last.directory if last is not None else None
         self.state = self._start_state(last)
-        self.engine = prepare_training(
+        self.prepared = prepare_training(
             cfg, accelerator, data.images[train_idx], data.labels[train_idx], self.num_classes,
             last.weights if last is not None else None,
         )  # fmt: skip
@@ -137,7 +161,7 @@ class Trainer:
             self._restore(last)
         # read on every rank, so that a damaged file stops them all (not the main one alone, mid-collective)
         self.kept_metrics = (
-            run_checkpoint.kept_metric_lines(self.run_dir / run_checkpoint.METRICS, self.state.epoch)
+            run_checkpoint.kept_metric_lines(self.run_dir / METRICS_FILE, self.state.epoch)
             if last is not None
             else ([], None)  # a new run into an old directory keeps none of its lines
         )
@@ -145,35 +169,26 @@ class Trainer:
     # --- state -----------------------------------------------------------------------------------------
     @property
     def raw_model(self) -> torch.nn.Module:
-        return self.engine.raw_model
+        return self.prepared.raw_model
 
     def _start_state(self, last: run_checkpoint.LastCheckpoint | None) -> RunState:
         """A fresh state, or the one in `last/` (checked against this run)."""
         cfg = self.cfg
         if last is None:
-            return RunState(cfg.model, cfg.model_kwargs, cfg.batch_size)
-        state = last.state
-        for key, mine in (
-            ("model", cfg.model),
-            ("model_kwargs", cfg.model_kwargs),
-            ("global_batch", cfg.batch_size),
-        ):
-            if getattr(state, key) != mine:
-                raise InputError(
-                    f"--resume {last.directory}: the checkpoint has {key}={getattr(state, key)!r}, this run {mine!r}",
-                    hint="resume with the same model and global batch, or start a new --out",
-                )
-        return state
+            keys = run_checkpoint.resume_keys(cfg.to_dict())
+            return RunState(cfg.model, cfg.model_kwargs, cfg.batch_size, resume_keys=keys)
+        run_checkpoint.check_resumable(last, cfg.to_dict())
+        return last.state
 
     def _restore(self, last: run_checkpoint.LastCheckpoint) -> None:
         """Optimizer, EMA, loss scaler and best weights of a resumed run (the model's weights are in already)."""
-        engine, restore = self.engine, run_checkpoint.restore_into
+        prep, restore = self.prepared, run_checkpoint.restore_into
         restore(
-            last.directory / run_checkpoint.OPTIMIZER_STATE, engine.optimizer.load_state_dict, last.optimizer
+            last.directory / run_checkpoint.OPTIMIZER_STATE, prep.optimizer.load_state_dict, last.optimizer
         )
-        if engine.ema is not None and last.ema_weights is not None:
+        if prep.ema is not None and last.ema_weights is not None:
             ema_file = last.directory / run_checkpoint.EMA_DIR / run_checkpoint.WEIGHTS
-            restore(ema_file, engine.ema.module.load_state_dict, last.ema_weights)
+            restore(ema_file, prep.ema.module.load_state_dict, last.ema_weights)
         if self.state.scaler and self.acc.scaler is not None:
             restore(
                 last.directory / run_checkpoint.TRAINER_STATE,
@@ -182,7 +197,7 @@ class Trainer:
             )
         if last.fallback_note:
             self.progress.log(last.fallback_note)
-        best = self.run_dir / "best" / "model.safetensors"
+        best = self.run_dir / BEST_DIR / "model.safetensors"
         if best.is_file():
             self.best_weights = {
                 k: v.to(self.acc.device) for k, v in run_checkpoint.read_tensors(best).items()
@@ -201,19 +216,23 @@ class Trainer:
             return
         if self.acc.scaler is not None:
             self.state.scaler = self.acc.scaler.state_dict()
-        ema = self.engine.ema
+        ema = self.prepared.ema
         save_ema = functools.partial(self._save_weights, ema.module) if ema else None
         save = functools.partial(self._save_weights, self.raw_model)
-        run_checkpoint.save_last(self.run_dir, save, self.engine.optimizer, save_ema, self.state.to_json())
+        run_checkpoint.save_last(self.run_dir, save, self.prepared.optimizer, save_ema, self.state.to_json())
 
     # --- the loop --------------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        with speed_switches(self.acc.device.type):  # process-wide: on for this run only (engine.switches)
+            return self._run()
+
+    def _run(self) -> RunResult:
         cfg, acc, state = self.cfg, self.acc, self.state
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stray in run_checkpoint.sweep_partial(self.run_dir):
                 self.progress.log(f"removed {stray}, left by a run that crashed while saving")
-            save_yaml(cfg, self.run_dir / "config.yaml")
+            save_yaml(cfg, self.run_dir / CONFIG_FILE)
             self._truncate_metrics()
             run_record.begin(
                 self.run_dir, cfg.to_dict(), acc, self.data_record, self.precision_choice,
@@ -234,8 +253,8 @@ class Trainer:
             self._save_last()
             acc.wait_for_everyone()
             self.progress.log(
-                f"{preempted}: saved {self.run_dir / 'last'} at step {state.step}; resume with the same "
-                f"command plus `--resume {self.run_dir / 'last'}` (or `--resume auto`)"
+                f"{preempted}: saved {self.run_dir / LAST_DIR} at step {state.step}; resume with the same "
+                f"command plus `--resume {self.run_dir / LAST_DIR}` (or `--resume auto`)"
             )
         else:
             self._finish()
@@ -247,35 +266,35 @@ class Trainer:
         )  # fmt: skip
 
     def _announce(self) -> None:
-        lay, state = self.engine.batches.layout, self.state
+        lay, state = self.prepared.batches.layout, self.state
         where = (
             f"resuming {self.resumed_from} at epoch {state.epoch + 1}, step {state.step}; "
             if self.resumed_from
             else ""
         )
-        images = f"{len(self.engine.batches):,} train / {len(self.val_labels):,} val images"
+        images = f"{self.prepared.batches.num_images:,} train / {len(self.val_labels):,} val images"
         self.progress.log(
             f"{self.cfg.model}: {where}{images}, "
             f"{self.num_classes} classes, {self.params:,} params; global batch {lay.global_batch} = "
             f"{lay.per_device} per device x {lay.grad_accum} accumulation x {lay.world_size} process(es); "
             f"precision {self.acc.mixed_precision} on {self.acc.device} ({self.precision_choice.reason}); "
-            f"{self.engine.switches}"
+            f"{self.prepared.switches}"
         )
 
     def _train_epoch(self, watch: PreemptionWatch) -> str | None:
         """Train the epoch in progress from its next step; return the signal's name when a preemption stopped it."""
-        cfg, acc, state, engine = self.cfg, self.acc, self.state, self.engine
-        steps = engine.batches.steps_per_epoch
+        cfg, acc, state, prep = self.cfg, self.acc, self.state, self.prepared
+        steps = prep.batches.steps_per_epoch
         # each rank starts from its share of the all-rank sums a preempted epoch saved, so they add back up
         tally = TrainTally(acc.device, state.step, [s / acc.num_processes for s in state.epoch_sums])
-        micro_batches = engine.batches.epoch(state.epoch, state.epoch_step)
+        micro_batches = prep.batches.epoch(state.epoch, state.epoch_step)
         self.progress.start_epoch(
             f"{cfg.model} epoch {state.epoch + 1}/{cfg.epochs}", steps, state.epoch_step
         )
-        engine.model.train()
+        prep.model.train()
         t0 = time.perf_counter() - state.epoch_seconds
         while state.epoch_step < steps:
-            state.step += engine.step(micro_batches, state.step, tally)  # a step the fp16 scaler skipped: + 0
+            state.step += prep.step(micro_batches, state.step, tally)  # a step the fp16 scaler skipped: + 0
             state.epoch_step += 1
             if state.epoch_step % REFRESH_EVERY == 0 or state.epoch_step == steps:
                 self._check_finite(tally)
@@ -299,14 +318,16 @@ class Trainer:
     def _check_finite(self, tally: TrainTally) -> None:
         bad = int(tally.first_bad)
         if bad >= 0:
-            raise FashiondistError(
-                f"{self.cfg.model}: non-finite loss at optimizer step {bad + 1} (epoch {self.state.epoch + 1}); "
-                f"stopped without saving, the last good checkpoint is {self.run_dir / 'last'}",
-                hint="lower --lr, add --set grad_clip=1.0, or use --precision bf16 instead of fp16",
-            )
+            ours = (
+                self.resumed_from is not None or self.state.epoch > 0
+            )  # last/ of this run, not an older one's
+            raise run_checkpoint.non_finite_loss(
+                self.cfg.model, bad + 1, self.state.epoch + 1, self.run_dir if ours else None,
+                str(self.acc.mixed_precision),
+            )  # fmt: skip
 
     def _eval_model(self) -> torch.nn.Module:
-        return self.engine.ema.module if self.engine.ema is not None else self.raw_model
+        return self.prepared.ema.module if self.prepared.ema is not None else self.raw_model
 
     def _end_epoch(self, run_start: float) -> bool:
         """Evaluate, log, checkpoint; return True when early stopping ends the run."""
@@ -325,7 +346,7 @@ class Trainer:
         state.epoch, state.epoch_step, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
         state.stale_epochs = outcome.stale_epochs
         if acc.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            with open(self.run_dir / METRICS_FILE, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             if outcome.improved:
                 self._save_best(result, epoch)
@@ -342,13 +363,17 @@ class Trainer:
         return {
             "epoch": state.epoch + 1,
             "step": state.step,
+            # Both losses are the training objective (with the run's label smoothing), so their curves compare;
+            # val_nll is the plain cross-entropy (the evaluation's log loss).
+            "loss": f"cross-entropy, label smoothing {cfg.label_smoothing:g}",
             "train_loss": loss_sum / seen,
             "train_acc": correct / seen,
-            "val_loss": result.loss,
+            "val_loss": cross_entropy(result.labels, result.probs, cfg.label_smoothing),
+            "val_nll": result.loss,
             "val_acc": result.accuracy,
             "val_count": result.count,
             "lr": lr_at(
-                max(state.step - 1, 0), self.engine.total_steps, cfg.lr, cfg.warmup_fraction, cfg.schedule
+                max(state.step - 1, 0), self.prepared.total_steps, cfg.lr, cfg.warmup_fraction, cfg.schedule
             ),
             "images_per_s": seen / state.epoch_seconds,
             "epoch_seconds": state.epoch_seconds,
@@ -386,15 +411,15 @@ class Trainer:
             "metric": {"val_acc": result.accuracy, "val_loss": result.loss},
             "epoch": epoch,
             "tta": self.cfg.tta.value,
-            "ema": self.engine.ema is not None,
+            "ema": self.prepared.ema is not None,
         }
-        with run_checkpoint.atomic_dir(self.run_dir / "best") as tmp:
+        with run_checkpoint.atomic_dir(self.run_dir / BEST_DIR) as tmp:
             self._save_weights(self._eval_model(), tmp, extra)
 
     def _truncate_metrics(self) -> None:
         """On resume, drop metric lines past the checkpoint (a run killed after logging but before saving) and
         a torn last line (killed while writing it), with a warning."""
-        path = self.run_dir / run_checkpoint.METRICS
+        path = self.run_dir / METRICS_FILE
         if not path.exists():
             return
         keep, warning = self.kept_metrics
@@ -409,7 +434,7 @@ class Trainer:
 
     def _windows_done(self) -> int:
         """Accumulation windows trained so far: optimizer steps taken plus those the fp16 scaler skipped."""
-        return self.state.epoch * self.engine.batches.steps_per_epoch + self.state.epoch_step
+        return self.state.epoch * self.prepared.batches.steps_per_epoch + self.state.epoch_step
 
     def _images_per_s(self) -> float:
         done = self._windows_done() * self.cfg.batch_size
@@ -428,7 +453,7 @@ class Trainer:
             )
         if acc.is_main_process:
             save_predictions(self.run_dir, result.labels, result.probs)
-            write_json(self.run_dir / "summary.json", self._summary(result, in_sync))
+            write_json(self.run_dir / SUMMARY_FILE, self._summary(result, in_sync))
         acc.wait_for_everyone()
 
     def _summary(self, result: EvalResult, in_sync: bool) -> dict[str, Any]:
@@ -450,7 +475,7 @@ class Trainer:
             "precision": self.acc.mixed_precision,
             "precision_reason": self.precision_choice.reason,
             "skipped_steps": self._windows_done() - state.step,  # by the fp16 loss scaler (inf/NaN gradients)
-            "speed_switches": self.engine.switches,
+            "speed_switches": self.prepared.switches,
             "tta": cfg.tta.value,
             "global_batch": cfg.batch_size,
             "val_count": result.count,

@@ -21,7 +21,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from fashiondist.atomic_io import write_bytes
-from fashiondist.evaluation.scores import VariantResult, load_predictions
+from fashiondist.evaluation.scores import VariantResult
+from fashiondist.run_layout import load_predictions
 
 PLOT_FILES = {
     "loss": "loss.png",
@@ -74,8 +75,11 @@ def curves_figure(history: list[dict[str, Any]], metric: str, name: str) -> Figu
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     epochs = _series(history, "epoch")
+    # which loss both curves are (metrics.jsonl's "loss", e.g. "cross-entropy, label smoothing 0.1")
+    what = history[-1].get("loss") if metric == "loss" and history else None
     for split in ("train", "val"):
-        ax.plot(epochs, _series(history, f"{split}_{metric}"), marker="o", markersize=3, label=split)
+        label = f"{split} ({_literal(what)})" if what else split
+        ax.plot(epochs, _series(history, f"{split}_{metric}"), marker="o", markersize=3, label=label)
     ax.set(title=title, xlabel="epoch", ylabel=metric)
     ax.grid(alpha=0.3)
     ax.legend()

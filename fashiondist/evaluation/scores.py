@@ -8,8 +8,6 @@ report call; it writes `evaluation.json` next to the predictions.
 
 from __future__ import annotations
 
-import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,21 +16,14 @@ import numpy as np
 
 from fashiondist.atomic_io import to_jsonable, write_json
 from fashiondist.errors import InputError
-
-PREDICTIONS_FILE = "val_predictions.npz"  # y_true int64 [M], probs float32 [M, K]
-SUMMARY_FILE = "summary.json"
-HISTORY_FILE = "metrics.jsonl"  # one JSON object per epoch
-EVALUATION_FILE = "evaluation.json"  # written here
-SUMMARY_KEYS = (
-    "model",
-    "params",
-    "macs",
-    "train_seconds",
-    "images_per_s",
-    "best_epoch",
-    "epochs",
-    "class_names",
+from fashiondist.run_layout import (
+    EVALUATION_FILE,
+    PREDICTIONS_FILE,
+    load_predictions,
+    read_metrics,
+    read_summary,
 )
+
 PROB_SUM_TOLERANCE = (
     1e-3  # softmax rows in float32 sum to 1 within ~1e-6; anything further off is not probabilities
 )
@@ -168,69 +159,11 @@ def _check_predictions(
         )
 
 
-def load_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(y_true [M], probs [M, K]) from the run's .npz, never unpickling anything: nothing a run wrote is loaded with pickle."""
-    path = Path(run_dir) / PREDICTIONS_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: not found", hint="evaluate a run directory written by `fashiondist train`")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = {"y_true", "probs"} - set(arrays.files)
-            if missing:
-                raise InputError(f"{path}: missing array(s) {', '.join(sorted(missing))}")
-            return arrays["y_true"], arrays["probs"]
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise InputError(f"{path}: not a readable .npz of plain arrays ({err})") from None
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / SUMMARY_FILE
-    summary = _read_json(path)
-    if not isinstance(summary, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    missing = [key for key in SUMMARY_KEYS if key not in summary]
-    if missing:
-        raise InputError(f"{path}: missing key(s) {', '.join(missing)}")
-    names = summary["class_names"]
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        # one JSON string would be taken as a list of its characters
-        raise InputError(f"{path}: class_names must be a JSON list of names, got {type(names).__name__}")
-    return summary
-
-
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """Per-epoch records in epoch order; a resumed run may repeat an epoch, and its later line wins."""
-    path = Path(run_dir) / HISTORY_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: not found")
-    by_epoch: dict[int, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise InputError(f"{path}, line {number}: not valid JSON") from None
-        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise InputError(f"{path}, line {number}: expected a JSON object with an integer 'epoch'")
-        by_epoch[record["epoch"]] = record
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise InputError(f"{path}: not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}, line {err.lineno}: not valid JSON") from None
-
-
 def evaluate_run(run_dir: str | Path) -> VariantResult:
     """Evaluate one run directory and write its `evaluation.json` (atomically)."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
-    history = read_history(run_dir)
+    history = read_metrics(run_dir)
     y_true, probs = load_predictions(run_dir)
     metrics = evaluate_predictions(
         y_true, probs, summary["class_names"], source=str(run_dir / PREDICTIONS_FILE)

@@ -26,7 +26,8 @@ from fashiondist.errors import InputError
 from fashiondist.evaluation.html import write_html_report
 from fashiondist.evaluation.leaderboard import pick_best, print_leaderboard, write_best, write_leaderboard
 from fashiondist.evaluation.plots import COMPARISON_FILE, write_comparison_plot, write_variant_plots
-from fashiondist.evaluation.scores import PREDICTIONS_FILE, VariantResult, evaluate_run
+from fashiondist.evaluation.scores import VariantResult, evaluate_run
+from fashiondist.run_layout import PREDICTIONS_FILE
 
 
 def report_sweep(

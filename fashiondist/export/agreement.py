@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from fashiondist.evaluation.scores import PREDICTIONS_FILE, SUMMARY_FILE
 from fashiondist.metrics import accuracy
-from fashiondist.models.checkpoint import BEST_DIR
+from fashiondist.run_layout import BEST_DIR, PREDICTIONS_FILE, SUMMARY_FILE
 
 _UNIT_ROUNDOFF = {"no": 2.0**-11, "fp16": 2.0**-11, "bf16": 2.0**-8}  # "no": TF32 matmuls on CUDA
 _UNKNOWN_PRECISION = "bf16"  # a run that did not record its precision is judged by the coarsest format

@@ -12,6 +12,7 @@ import numpy as np
 from fashiondist.config import TrainConfig, load_saved_config
 from fashiondist.data.sources import available_splits, load_data
 from fashiondist.data.split import stratified_split
+from fashiondist.run_layout import CONFIG_FILE
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,6 @@ def run_config(checkpoint: Path) -> TrainConfig:
     """The config.yaml of the run beside or above `checkpoint`; TrainConfig's defaults when there is none."""
     start = checkpoint if checkpoint.is_dir() else checkpoint.parent
     for directory in (start, start.parent):
-        if (directory / "config.yaml").is_file():
-            return load_saved_config(directory / "config.yaml")
+        if (directory / CONFIG_FILE).is_file():
+            return load_saved_config(directory / CONFIG_FILE)
     return TrainConfig()

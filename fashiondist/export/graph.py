@@ -119,6 +119,8 @@ def to_onnx(
             f"the exported input {ONNX_INPUT_NAME!r} has a fixed batch size {dim0.dim_value}"
         )
     opset_used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset is not None and opset_used != opset:  # the converter failed and torch kept its own opset
+        raise FashiondistError(f"torch.onnx.export wrote opset {opset_used}, not the {opset} asked for")
     props = {
         **metadata,
         "opset": str(opset_used),

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fashiondist.constants import INFER_BATCH_SIZE
-from fashiondist.errors import InputError
 from fashiondist.inference.predict import predict_csv
 from fashiondist.inference.session import ModelSession, open_session
 from fashiondist.inference.submission import open_submission
@@ -39,9 +38,7 @@ def infer_csv(
     """Predict every row of `csv_path` and write `Id,Label` (plus probabilities) to `out`, atomically."""
     start = time.perf_counter()
     csv_path, out = Path(csv_path), Path(out)
-    if out.resolve() == csv_path.resolve():
-        raise InputError(f"--out {out}: is the input CSV; choose another file name")
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", inputs={"the input CSV": csv_path, "the model": model_path})
     model = model or open_session(model_path, provider, threads)
     correct = labelled = 0
     with open_submission(out, model.num_classes if probs else None) as writer:

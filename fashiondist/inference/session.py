@@ -27,8 +27,6 @@ from fashiondist.inference.providers import ORT_PROVIDERS, PROVIDER_CHOICES, PRO
 # metadata_props keys every fashiondist model carries; fashiondist/export writes them (its tests open every
 # exported model through `open_session`, which holds the two sides together).
 REQUIRED_METADATA = ("fashiondist_version", "model", "num_classes", "class_names", "val_accuracy")
-# Keys fashiondist writes to some models only; when present they are checked like the required ones.
-OPTIONAL_METADATA = ("model_kwargs", "tta", "quantization", "epoch", "opset", "calibration_images")
 _REEXPORT_HINT = "re-export it with `fashiondist export`"
 _REPR = reprlib.Repr()  # a metadata value in a message: quoted, a long one cut in the middle
 _REPR.maxstring = 60
@@ -72,7 +70,21 @@ class ModelSession:
         return self.metadata["model"]
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: pixels})[0]
+        probs = self.session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: pixels})[0]
+        check_output_shape(self, probs, len(pixels))
+        return probs
+
+
+def check_output_shape(model: ModelSession, probs: np.ndarray, rows: int) -> None:
+    """InputError unless the model's output for a batch of `rows` images is [rows, K]: a foreign graph whose
+    `probs` is [1, K] whatever the batch would be broadcast to every row (each would get row 0's label)."""
+    expected = (rows, model.num_classes)
+    if probs.shape != expected:
+        raise InputError(
+            f"{model.path}: output {ONNX_OUTPUT_NAME!r} is {list(probs.shape)} for a batch of {rows} images, "
+            f"expected {list(expected)} (one row of {model.num_classes} class probabilities per image)",
+            hint="the model does not follow the fashiondist contract; export it with `fashiondist export`",
+        )
 
 
 def default_threads() -> int:

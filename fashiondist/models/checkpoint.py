@@ -23,10 +23,10 @@ from fashiondist.atomic_io import write_bytes, write_text
 from fashiondist.errors import InputError
 from fashiondist.models.base import Classifier
 from fashiondist.models.registry import create_model
+from fashiondist.run_layout import BEST_DIR
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
-BEST_DIR = "best"
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -73,7 +73,7 @@ _ENTRIES = (
             "lr": 0.2,
             "momentum": 0.9,
             "weight_decay": 5e-4,
-            "schedule": "onecycle",
+            "schedule": "linear",
             "batch_size": 256,
             "label_smoothing": 0.1,
             "epochs": 10,
@@ -89,7 +89,7 @@ _ENTRIES = (
             "lr": 0.1,
             "momentum": 0.9,
             "weight_decay": 5e-4,
-            "schedule": "onecycle",
+            "schedule": "linear",
             "batch_size": 256,
             "label_smoothing": 0.1,
             "epochs": 12,
@@ -126,13 +126,52 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> Classifier:
     options it does take.
     """
     entry = _entry(name)
+    cls = check_model_kwargs(name, kwargs)
+    try:
+        return cls(num_classes, **{**entry.kwargs, **kwargs})
+    except (TypeError, ValueError, RuntimeError) as err:  # a value the builder cannot use (a width of 0)
+        raise InputError(f"model {name!r} with model_kwargs {kwargs}: {str(err).splitlines()[0]}") from None
+
+
+def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> type:
+    """The builder class of `name`, after checking `kwargs` against its signature: every option is one it
+    takes, of the type of its default (a number where a number goes, a bool where a bool goes). InputError
+    naming the option otherwise. Imports the model's module (and torch)."""
+    entry = _entry(name)
     module_name, _, class_name = entry.builder.partition(":")
     cls = getattr(importlib.import_module(f"fashiondist.models.{module_name}"), class_name)
-    accepted = [p for p in inspect.signature(cls).parameters if p != "num_classes"]
-    unknown = sorted(set(kwargs) - set(accepted))
+    params = {p.name: p for p in inspect.signature(cls).parameters.values() if p.name != "num_classes"}
+    unknown = sorted(set(kwargs) - set(params))
     if unknown:
         raise InputError(
             f"model {name!r} has no option(s) {', '.join(unknown)}",
-            hint=f"its options: {', '.join(accepted) or 'none'}",
+            hint=f"its options: {', '.join(params) or 'none'}",
         )
-    return cls(num_classes, **{**entry.kwargs, **kwargs})
+    for key, value in kwargs.items():
+        default = params[key].default
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        if not _fits_default(value, default):
+            raise InputError(
+                f"config key 'model_kwargs.{key}': {str(value)[:60]!r} does not fit model {name!r} "
+                f"(its default: {default!r})"
+            )
+    return cls
+
+
+def _fits_default(value: Any, default: Any) -> bool:
+    """Whether `value` has the type of `default`: a bool for a bool, an int for an int, a number for a float,
+    a list or tuple (of such items) for a tuple."""
+    if isinstance(default, (tuple, list)):
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) > 0
+            and all(_fits_default(v, default[0]) for v in value)
+            if default
+            else isinstance(value, (tuple, list))
+        )
+    if isinstance(value, bool) or isinstance(default, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))

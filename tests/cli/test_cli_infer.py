@@ -15,8 +15,12 @@ import torch
 from fashiondist.cli import main
 from fashiondist.data.csvio import write_competition_csv
 from fashiondist.data.sources import load_data, sample_test_labels
+from fashiondist.export.parity import parity_verdict
 from fashiondist.inference import open_session, predict_proba
 from fashiondist.models.checkpoint import load_model
+
+# Numerics-sensitive: CI runs this module again under AVX-512 (no AMX) and AVX2 kernel holds (.ci/run).
+pytestmark = pytest.mark.numerics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +64,9 @@ def test_infer_probs_columns(onnx_model: Path, sample_test_csv: Path, tmp_path: 
     assert header == ["Id", "Label"] + [f"prob_{k}" for k in range(10)]
     probs = rows[:, 2:]
     expected = predict_proba(open_session(onnx_model, "cpu"), load_data("sample", split="test").images)
-    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    # The CSV keeps 6 significant digits (log p off by <= 5e-6 per class, implied logits by <= 1e-5 =
+    # PARITY_TOLERANCE.logit_atol) and the CLI batches otherwise: the export's own parity rule bounds both.
+    assert parity_verdict(expected.astype(np.float64), probs, batch_size=len(probs)).passed
     np.testing.assert_array_equal(rows[:, 1], probs.argmax(1))
 
 
@@ -75,9 +81,9 @@ def test_labelled_csv_reports_accuracy(onnx_model: Path, tmp_path: Path, capsys:
 def test_explicit_gpu_provider_fails_loudly_without_it(
     onnx_model: Path, sample_test_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
+    """A provider this machine lacks is a bad option value: exit 2 (it was 1), one line, output untouched."""
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed here")
-    """A provider this machine lacks is a bad option value: exit 2 (it was 1), one line, output untouched."""
     out = tmp_path / "submission.csv"
     out.write_bytes(b"Id,Label\n1,2\n")  # a good earlier submission
     code = main(

@@ -178,3 +178,62 @@ def test_a_file_written_any_valid_way_reads_the_exact_pixels(case: tuple[bytes, 
         np.testing.assert_array_equal(table.labels, LABELS[:rows])
     else:
         assert table.labels is None
+
+
+# --- the two readers agree on what a number is ----------------------------------------------------------
+# pyarrow's converter (the fast path) and the exact line-by-line re-read must accept the same cells and read
+# the same values: decimal integers only. Cells are respelled with what one of them might take and the other
+# not: hex, signs, exponents, underscores, non-ASCII digits, padding, quotes.
+NUMBERISH = st.one_of(
+    st.text(alphabet=st.sampled_from(list('0123456789xXabfAF+-_ ."\te٣')), min_size=1, max_size=6),
+    st.sampled_from(["0x10", "0X1f", "-0", "+5", "1e2", "0b1", "0o7", "1_0", " 7 ", '"0x1"', "-0x1", "00"]),
+)
+
+
+@st.composite
+def numeric_file(draw) -> tuple[bytes, bool]:
+    labelled, rows = draw(st.booleans()), draw(st.integers(1, ROWS))
+    lines = [HEADERS[labelled]]
+    for row in range(rows):
+        cells = _cells(row, labelled)
+        for at in draw(st.lists(st.sampled_from([0, 1, 2, 400, len(cells) - 1]), max_size=3, unique=True)):
+            cells[at] = draw(NUMBERISH)
+        lines.append(cells)
+    return "".join(",".join(cells) + "\n" for cells in lines).encode(), labelled
+
+
+def _exact_verdict(path: Path) -> tuple[int | None, np.ndarray | None, np.ndarray | None]:
+    """(first bad line, ids, pixels) as the exact re-read sees the file: every row checked cell by cell, then
+    Ids for duplicates; the values of a valid file parsed by Python from the cells the re-read accepted."""
+    import csv
+
+    layout = csvio._layout(path, None, None)
+    rows = path.read_text().splitlines()[1:]
+    ids, pixels, seen = [], [], set()
+    for line, row in enumerate(rows, start=2):
+        if csvio._row_problem(layout, line, row) is not None:
+            return line, None, None
+        cells = next(csv.reader([row]))
+        row_id = int(cells[0].strip())
+        if row_id in seen:
+            return line, None, None
+        seen.add(row_id)
+        ids.append(row_id)
+        pixels.append([int(c.strip()) for c in cells[layout.first_pixel :]])
+    return None, np.array(ids), np.array(pixels, dtype=np.uint8).reshape(-1, 28, 28)
+
+
+@settings(FUZZ, max_examples=CLEAN_EXAMPLES * 2)
+@given(numeric_file(), st.sampled_from([700, csvio._SEGMENT_BYTES]))
+def test_the_fast_path_and_the_exact_re_read_agree_on_numbers(case: tuple[bytes, bool], segment_bytes: int):
+    data, _ = case
+    with _written(data, segment_bytes) as path:
+        bad_line, ids, images = _exact_verdict(path)
+        try:
+            table = read_competition_csv(path)
+        except InputError as err:
+            assert bad_line is not None and getattr(err, "line", None) == bad_line, (str(err), bad_line)
+            return
+        assert bad_line is None, f"the fast path read what the exact re-read refuses on line {bad_line}"
+        np.testing.assert_array_equal(table.ids, ids)
+        np.testing.assert_array_equal(table.images, images)

@@ -49,6 +49,7 @@ def test_test_part_labels_are_optional(sample, idx_dir):
     np.testing.assert_array_equal(load_data(str(idx_dir), split="test").labels, sample.labels[500:700])
 
 
+@pytest.mark.shared_data
 def test_written_idx_matches_the_official_bytes(shared_data, tmp_path):
     """Our writer reproduces the official (decompressed) file exactly, header included."""
     official = gzip.decompress((shared_data / "train-labels-idx1-ubyte.gz").read_bytes())

@@ -122,3 +122,15 @@ def test_sample_fixture_is_real(sample_images):
     assert (
         sample_images.dtype == np.uint8 and sample_images.shape[1:] == (28, 28) and sample_images.std() > 50
     )
+
+
+def test_sizes_say_what_they_count(sample_images, sample_labels):
+    """`num_images` counts images and `steps_per_epoch` optimizer steps; there is no ambiguous len()."""
+    layout = BatchLayout.of(128, 2, 1)
+    batches = TrainBatches(
+        sample_images[:1000], sample_labels[:1000], layout, 0, torch.device("cpu"), 7, False, 0, 0.0
+    )
+    assert batches.num_images == 1000 and batches.steps_per_epoch == 1000 // 128
+    assert sum(1 for _ in batches.epoch(0)) == batches.steps_per_epoch * 2  # micro-batches: 2 per step
+    with pytest.raises(TypeError):
+        len(batches)

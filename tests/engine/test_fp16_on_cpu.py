@@ -22,14 +22,13 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import GradScalerKwargs
+from accelerate_state import reset_accelerate
 from rich.console import Console
 
-from fashiondist.config import TrainConfig
+from fashiondist.config import Schedule, TrainConfig
 from fashiondist.engine.prepared import TrainTally, prepare_training
 from fashiondist.engine.progress import TrainProgress
-from fashiondist.engine.schedule import lr_at
 from fashiondist.engine.trainer import Trainer
 from fashiondist.errors import FashiondistError
 
@@ -43,7 +42,7 @@ def fp16_cpu():
     around each, as accelerate's own tests do, so other precisions before and after are unaffected)."""
 
     def make(init_scale: float = OVERFLOWING_SCALE) -> Accelerator:
-        AcceleratorState._reset_state(reset_partial_state=True)
+        reset_accelerate()
         scaling = GradScalerKwargs(init_scale=init_scale, growth_interval=NO_GROWTH)
         acc = Accelerator(cpu=True, mixed_precision="fp16", kwargs_handlers=[scaling])
         assert acc.scaler is None and not acc.native_amp, "accelerate turned fp16 on for the CPU by itself"
@@ -52,7 +51,7 @@ def fp16_cpu():
         return acc
 
     yield make
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +106,7 @@ def _trainer(cfg: TrainConfig, acc: Accelerator, data) -> Trainer:
 def test_skipped_steps_do_not_advance_the_schedule_and_resume_keeps_the_scale(fp16_cpu, small, tmp_path):
     cfg = _cfg(tmp_path, epochs=1, grad_clip=1.0)  # clipping unscales the gradients first (scaler.unscale_)
     trainer = _trainer(cfg, fp16_cpu(), small)
-    windows = trainer.engine.batches.steps_per_epoch
+    windows = trainer.prepared.batches.steps_per_epoch
     trainer.run()
     scale = trainer.acc.scaler.get_scale()
     assert scale < OVERFLOWING_SCALE
@@ -118,8 +117,17 @@ def test_skipped_steps_do_not_advance_the_schedule_and_resume_keeps_the_scale(fp
     (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert summary["skipped_steps"] >= 1 and state["step"] == windows - summary["skipped_steps"] >= 1
     assert record["step"] == state["step"] and np.isfinite(record["train_loss"])
-    total = trainer.engine.total_steps
-    assert record["lr"] == lr_at(state["step"] - 1, total, cfg.lr, cfg.warmup_fraction, cfg.schedule)
+    # The learning rate of the last step that ran, by hand from the linear schedule's definition (a warm-up
+    # over warmup_fraction of the steps, then a linear decay to 0): a skipped step would have moved it on.
+    assert cfg.schedule is Schedule.LINEAR and trainer.prepared.total_steps == windows
+    warm = round(cfg.warmup_fraction * windows)
+
+    def linear(k: int) -> float:
+        return cfg.lr * (k + 1) / warm if k < warm else cfg.lr * (1.0 - (k - warm) / (windows - warm))
+
+    # the same float64 expression as the schedule's, up to the order of two roundings: within 4 ulps
+    assert record["lr"] == pytest.approx(linear(state["step"] - 1), rel=4 * 2.0**-53)
+    assert record["lr"] != pytest.approx(linear(windows - 1), rel=4 * 2.0**-53)
     assert state["scaler"]["scale"] == scale
 
     # Resume into an Accelerator whose scaler starts elsewhere: the saved scale wins.

@@ -28,6 +28,7 @@ from fashiondist.engine import run_record
 from fashiondist.engine.reproduce import compare_metrics, read_metrics
 from fashiondist.export.exporter import export_checkpoint
 from fashiondist.hardware import read_cpu
+from fashiondist.run_layout import read_metrics as read_layout_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "fashiondist:test-image"
@@ -138,11 +139,13 @@ def _reproduce(run: Path, out: Path, *extra: str, env: dict[str, str] | None = N
     return proc.stdout
 
 
+@pytest.mark.numerics
 def test_reproduce_on_the_same_machine_is_bitwise(run: Path, tmp_path: Path):
     stdout = _reproduce(run, tmp_path / "r", "--epochs", "2")
     assert "verdict: bitwise identical over 2 epochs (same machine kind, software and settings)" in stdout
 
 
+@pytest.mark.numerics
 def test_reproduce_names_another_thread_count(run: Path, tmp_path: Path):
     recorded = _record(run)["environment"]["machine"]["torch_threads"]
     other = 1 if recorded != 1 else 2
@@ -150,12 +153,17 @@ def test_reproduce_names_another_thread_count(run: Path, tmp_path: Path):
     assert (
         f"torch threads: {recorded} -> {other}" in stdout
     )  # identical or within tolerance: exit 0 either way
-    assert (
-        "verdict: bitwise identical over 1 epoch (although" in stdout
-        or "verdict: differs over 1 epoch" in stdout
-    )
+    # Whether another thread count changed the sums here depends on the CPU's kernels: read it from the two
+    # metrics files, and the verdict must say the same.
+    first, again = read_layout_metrics(run)[0], read_layout_metrics(tmp_path / "r")[0]
+    keys = ("step", "val_count", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+    if all(first[k] == again[k] for k in keys):
+        assert "verdict: bitwise identical over 1 epoch (although" in stdout
+    else:
+        assert "verdict: differs over 1 epoch" in stdout
 
 
+@pytest.mark.numerics
 def test_reproduce_names_another_precision(run: Path, tmp_path: Path):
     recorded = _record(run)["precision"]["resolved"]
     other = "no" if recorded == "bf16" else "bf16"
@@ -169,8 +177,8 @@ def test_reproduce_names_another_precision(run: Path, tmp_path: Path):
 
 
 def _first_epoch_diffs(run: Path, rerun: Path):
-    first = read_metrics(run / "metrics.jsonl")[:1]
-    return compare_metrics(first, read_metrics(rerun / "metrics.jsonl"))
+    first = read_metrics(run)[:1]
+    return compare_metrics(first, read_metrics(rerun))
 
 
 def _refused(argv: list[str], capsys, *expected: str) -> None:

