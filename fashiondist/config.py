@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fashiondist.atomic_io import write_text
+from fashiondist.constants import Tta  # lives with the torch-free facts: inference checks it, config-free
 from fashiondist.errors import InputError
 from fashiondist.output_paths import format_out_template
 
@@ -48,11 +49,6 @@ class Schedule(str, enum.Enum):
     def _missing_(cls, value: object) -> Schedule | None:
         # "onecycle": this schedule's old name (a misnomer: no momentum cycle), in configs saved before
         return cls.LINEAR if value == "onecycle" else None
-
-
-class Tta(str, enum.Enum):
-    NONE = "none"
-    FLIP = "flip"  # average the image and its horizontal mirror
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 IMAGE_HEIGHT = 28
 IMAGE_WIDTH = 28
 IMAGE_CHANNELS = 1
@@ -50,3 +52,10 @@ def class_names_for(num_classes: int) -> tuple[str, ...]:
 # cache. Measured for cnn-dropout on 2 cores, 10k-row testX.csv end to end: 1.17-1.20 s at 64-128 against
 # 1.33 s at 256 and 1.37-1.48 s at 1024 and 4096.
 INFER_BATCH_SIZE = 128
+
+
+class Tta(str, enum.Enum):
+    """Test-time augmentation: what the exported graph averages (also `fashiondist.config.Tta`)."""
+
+    NONE = "none"
+    FLIP = "flip"  # average the image and its horizontal mirror

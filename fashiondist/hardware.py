@@ -27,6 +27,7 @@ import platform
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fashiondist.errors import InputError
@@ -35,6 +36,7 @@ AUTO = "auto"
 NO, FP16, BF16 = "no", "fp16", "bf16"
 ACCELERATE_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
 CPUINFO = "/proc/cpuinfo"
+CGROUP_ROOT = "/sys/fs/cgroup"  # this process's cgroup (v2, inside a container) or the v1 hierarchy's root
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # what doctor shows of the CPU's flags
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -129,15 +131,45 @@ def read_cpu(cpuinfo: str = CPUINFO, env: Mapping[str, str] | None = None) -> Cp
     except OSError:
         text = ""
     fields = _cpuinfo_fields(text)
-    affinity = getattr(os, "sched_getaffinity", None)
     return Cpu(
         vendor=fields.get("vendor_id") or fields.get("CPU implementer") or platform.machine(),
         model=fields.get("model name") or platform.processor() or platform.machine(),
         flags=frozenset((fields.get("flags") or fields.get("Features") or "").split()),
         logical_cores=os.cpu_count(),
-        usable_cores=len(affinity(0)) if affinity else os.cpu_count(),
+        usable_cores=usable_cores(),
         held_to=held_to(env),
     )
+
+
+def usable_cores(cgroup_root: str = CGROUP_ROOT) -> int | None:
+    """The CPUs this process may keep busy: those its affinity allows (cgroup cpusets included), capped by
+    its cgroup's CPU quota rounded up (a container run with `--cpus 2` on a 64-core host: 2).
+
+    os.cpu_count() and onnxruntime's default thread count see the host's cores (onnxruntime issue 29510).
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity else os.cpu_count()
+    quota = cgroup_cpu_quota(cgroup_root)
+    if cores is None or quota is None:
+        return cores if quota is None else quota
+    return min(cores, quota)
+
+
+def cgroup_cpu_quota(cgroup_root: str = CGROUP_ROOT) -> int | None:
+    """The cgroup's CPU quota in whole CPUs, rounded up (v2 `cpu.max` "QUOTA PERIOD", else v1
+    `cpu/cpu.cfs_quota_us` and `cpu.cfs_period_us`), or None when there is none ("max", -1, no file)."""
+    root = Path(cgroup_root)
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if not (quota.isdigit() and period.isdigit()) or int(quota) == 0 or int(period) == 0:
+        return None  # "max" (v2) or -1 (v1): no quota
+    return -(-int(quota) // int(period))
 
 
 def cuda_gpus() -> list[Gpu]:

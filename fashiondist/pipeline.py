@@ -214,13 +214,21 @@ def ship(
 
 
 def _serving_model(export, model_path: Path, summary: dict[str, str]) -> Path:
-    """The int8 model when the accuracy gate kept it, else the float one; the summary says which and why."""
+    """The int8 model when the accuracy gate kept it and the CPU has VNNI/AMX, else the float one; the summary
+    says which and why."""
     if export.int8 is None:
         return model_path
     if export.int8_refusal is not None:
         summary["int8 model"] = export.int8_refusal
         return model_path
     int8 = export.int8
+    from fashiondist.inference.choice import int8_flags
+
+    if not int8_flags():  # the same rule as `infer RUN_DIR` (fashiondist.inference.choice)
+        summary["int8 model"] = (
+            f"{int8.path} accepted, not used: this CPU has no int8 dot products (VNNI, AMX)"
+        )
+        return model_path
     summary["int8 model"] = (
         f"{int8.path} (validation accuracy {int8.int8_accuracy:.2%} vs {int8.fp32_accuracy:.2%} fp32)"
     )

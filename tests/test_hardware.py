@@ -162,3 +162,25 @@ def test_the_trainer_on_a_cpu_held_to_avx2(asked: str, expected: str, warnings: 
     assert len(lines) == warnings
     if warnings:
         assert "bf16 will be slow: PyTorch is held below" in lines[0] or "no avx512_bf16" in lines[0]
+
+
+def test_cgroup_quota_caps_the_usable_cores(tmp_path):
+    """A container's CPU quota (cgroup v2 cpu.max, v1 cfs files) rounded up; no quota: the affinity alone."""
+    from fashiondist.hardware import cgroup_cpu_quota, usable_cores
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: two threads may run
+    assert cgroup_cpu_quota(str(v2)) == 2
+    assert usable_cores(str(v2)) == min(2, len(os.sched_getaffinity(0)))
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(str(v2)) is None
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(str(tmp_path / "v1")) == 1
+    assert usable_cores(str(tmp_path / "v1")) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_quota(str(tmp_path / "v1")) is None
+    assert cgroup_cpu_quota(str(tmp_path / "absent")) is None

@@ -10,8 +10,11 @@ else fresh weights for the architecture in the file's metadata (same speed; the 
 
 End to end: each as its own process, timed from start to exit with its output file written: `python -m
 fashiondist infer CSV --model X.onnx --out ...` (and the same with the `--int8` model, when given) against
-`python predict_pandas_torch.py CSV CHECKPOINT OUT` (fashiondist/bench/user_script.py). All write Id,Label;
-the benchmark checks the Ids match and reports how often the labels agree.
+`python predict_pandas_torch.py CSV CHECKPOINT OUT` and its peer `python predict_pandas_onnxruntime.py CSV
+X.onnx OUT` (fashiondist/bench/user_script.py), interleaved. All write Id,Label; the benchmark checks the Ids
+match and reports how often the labels agree. Beside them, `onnxruntime_alone` (and `_int8`): every image
+already in memory through the product's session and `predict_proba` at infer's batch size, in this process:
+the floor no reader can beat, so `fashiondist_infer/onnxruntime_alone` says what reading and writing add.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ import numpy as np
 
 from fashiondist.bench.child_process import child_env, last_line
 from fashiondist.bench.stats import Stat, calls_for, rotation, timed, torch_threads
-from fashiondist.bench.user_script import write_script
-from fashiondist.constants import IMAGE_SHAPE
+from fashiondist.bench.user_script import write_ort_script, write_script
+from fashiondist.constants import IMAGE_SHAPE, INFER_BATCH_SIZE
 from fashiondist.errors import FashiondistError, InputError
 
 ORT_FP32 = "onnxruntime_fp32"
@@ -42,6 +45,10 @@ EAGER = "torch_eager"
 INFER = "fashiondist_infer"
 INFER_INT8 = "fashiondist_infer_int8"
 SCRIPT = "pandas_torch_script"
+ORT_SCRIPT = "pandas_onnxruntime_script"
+ORT_ALONE = (
+    "onnxruntime_alone"  # the model's own floor: every image in memory through the session, nothing else
+)
 WARMUP_CALLS = 3
 
 
@@ -233,8 +240,25 @@ def _read_submission(path: Path) -> np.ndarray:
     return np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)  # [N, 2]: Id, Label
 
 
+def _alone(session, pixels: np.ndarray) -> Callable[[], float]:
+    """Seconds to predict every image in memory with the product's batch loop at infer's batch size."""
+    from fashiondist.inference.predict import predict_proba
+
+    def run() -> float:
+        start = time.perf_counter()
+        predict_proba(session, pixels, INFER_BATCH_SIZE)
+        return time.perf_counter() - start
+
+    return run
+
+
 def _end_to_end(
-    bench: InferBench, weights: Weights, metadata: dict[str, str], rows: int, log
+    bench: InferBench,
+    weights: Weights,
+    metadata: dict[str, str],
+    pixels: np.ndarray,
+    sessions: dict[str, Any],
+    log,
 ) -> dict[str, Any]:
     from fashiondist.models.checkpoint import save_model
 
@@ -252,39 +276,51 @@ def _end_to_end(
                 tmp / "fresh", model, metadata["model"], kwargs, len(class_names), class_names
             )
         models = {INFER: bench.model, **({INFER_INT8: bench.int8} if bench.int8 else {})}
-        outs = {name: tmp / f"{name}.csv" for name in (*models, SCRIPT)}
+        outs = {name: tmp / f"{name}.csv" for name in (*models, SCRIPT, ORT_SCRIPT)}
         commands = {name: _infer_command(bench, model, outs[name]) for name, model in models.items()}
-        commands[SCRIPT] = [
-            sys.executable,
-            str(write_script(tmp)),
-            str(bench.csv),
-            str(checkpoint),
-            str(outs[SCRIPT]),
-        ]
-        for name, command in commands.items():  # warm-up: the OS file cache, Python's bytecode cache
-            _run_timed(command, outs[name], env, name)
-        seconds: dict[str, list[float]] = {name: [] for name in commands}
+        commands[SCRIPT] = [sys.executable, str(write_script(tmp)), str(bench.csv), str(checkpoint)]
+        commands[ORT_SCRIPT] = [sys.executable, str(write_ort_script(tmp)), str(bench.csv), str(bench.model)]
+        for name in (SCRIPT, ORT_SCRIPT):
+            commands[name].append(str(outs[name]))
+        runs: dict[str, Callable[[], float]] = {
+            name: (lambda name=name: _run_timed(commands[name], outs[name], env, name)) for name in commands
+        }
+        alone = {INFER: ORT_ALONE, INFER_INT8: f"{ORT_ALONE}_int8"}
+        for name in models:
+            runs[alone[name]] = _alone(sessions[name], pixels)
+        for run in runs.values():  # warm-up: the OS file cache, Python's bytecode cache
+            run()
+        seconds: dict[str, list[float]] = {name: [] for name in runs}
         for repeat in range(bench.repeats):
-            for name in rotation(list(commands), repeat):
-                seconds[name].append(_run_timed(commands[name], outs[name], env, name))
+            for name in rotation(list(runs), repeat):
+                seconds[name].append(runs[name]())
             log(
                 f"repeat {repeat + 1}/{bench.repeats} end to end: "
                 + ", ".join(f"{n} {s[-1]:.2f} s" for n, s in seconds.items())
             )
-        ours, theirs = _read_submission(outs[INFER]), _read_submission(outs[SCRIPT])
-    same_ids = ours.shape == theirs.shape and bool((ours[:, 0] == theirs[:, 0]).all())
+        ours = _read_submission(outs[INFER])
+        theirs, peer = _read_submission(outs[SCRIPT]), _read_submission(outs[ORT_SCRIPT])
+    same_ids = all(
+        ours.shape == other.shape and bool((ours[:, 0] == other[:, 0]).all()) for other in (theirs, peer)
+    )
     agreement = float((ours[:, 1] == theirs[:, 1]).mean()) if same_ids and weights.trained else None
+    ratios = {}
+    for name in models:  # > 1: fashiondist infer is that many times faster than the script
+        ratios[f"{SCRIPT}/{name}"] = Stat.ratio(seconds[SCRIPT], seconds[name]).to_dict()
+        ratios[f"{ORT_SCRIPT}/{name}"] = Stat.ratio(seconds[ORT_SCRIPT], seconds[name]).to_dict()
+    for name in models:  # >= 1: what reading, validating and writing add to onnxruntime alone
+        ratios[f"{name}/{alone[name]}"] = Stat.ratio(seconds[name], seconds[alone[name]]).to_dict()
+    rows = len(pixels)
     return {
         "rows": rows,
         "commands": {name: " ".join(command) for name, command in commands.items()},
         "seconds": {name: Stat.of(s).to_dict() for name, s in seconds.items()},
         "rows_per_s": {name: Stat.of([rows / x for x in s]).to_dict() for name, s in seconds.items()},
-        "ratios": {
-            f"{SCRIPT}/{name}": Stat.ratio(seconds[SCRIPT], seconds[name]).to_dict() for name in models
-        },
+        "ratios": ratios,
         "check": {
             "same_ids_in_order": same_ids,
             "label_agreement": agreement,
+            "peer_label_agreement": float((ours[:, 1] == peer[:, 1]).mean()) if same_ids else None,
             "note": None
             if weights.trained
             else "fresh weights: the script's labels are not the ONNX model's",
@@ -302,6 +338,7 @@ def run_infer_bench(bench: InferBench, log: Callable[[str], None] = print) -> di
     metadata = fp32.metadata
     weights = find_weights(Path(bench.model), metadata, bench.checkpoint)
     engines: dict[str, Callable[[np.ndarray], np.ndarray]] = {ORT_FP32: fp32.predict_proba}
+    sessions = {INFER: fp32}
     if bench.int8 is not None:
         int8 = open_session(bench.int8, bench.provider, bench.threads)
         if int8.model_name != fp32.model_name or int8.num_classes != fp32.num_classes:
@@ -309,6 +346,7 @@ def run_infer_bench(bench: InferBench, log: Callable[[str], None] = print) -> di
                 f"--int8 {bench.int8}: is {int8.model_name} ({int8.num_classes} classes), not the --model's {fp32.model_name}"
             )
         engines[ORT_INT8] = int8.predict_proba
+        sessions[INFER_INT8] = int8
     device = "cuda" if fp32.provider == "CUDAExecutionProvider" else "cpu"
     engines[EAGER] = _eager_predict(_eager_model(metadata, weights, device), device)
     table = read_competition_csv(bench.csv)
@@ -341,7 +379,7 @@ def run_infer_bench(bench: InferBench, log: Callable[[str], None] = print) -> di
     with torch_threads(bench.threads):
         result["throughput"] = _throughput(bench, engines, pixels, torch.device(device), log)
     if bench.end_to_end:
-        result["end_to_end"] = _end_to_end(bench, weights, metadata, len(pixels), log)
+        result["end_to_end"] = _end_to_end(bench, weights, metadata, pixels, sessions, log)
     return result
 
 
@@ -369,16 +407,29 @@ def infer_tables(result: dict[str, Any], caption: str) -> list[Any]:
     tables: list[Any] = [table]
     e2e = result["end_to_end"]
     if e2e:
-        race = Table(title=f"end to end on {e2e['rows']:,} rows: process start to CSV written")
-        for column in ("command", "seconds", "rows/s", "speed-up"):
+        race = Table(
+            title=f"end to end on {e2e['rows']:,} rows: process start to CSV written "
+            "(onnxruntime_alone: the images in memory through the same session)"
+        )
+        columns = (
+            "command",
+            "seconds",
+            "rows/s",
+            "x pandas+torch",
+            "x pandas+onnxruntime",
+            "/ onnxruntime alone",
+        )
+        for column in columns:
             race.add_column(column, justify="left" if column == "command" else "right")
         for name in e2e["seconds"]:
-            ratio = e2e["ratios"].get(f"{SCRIPT}/{name}")
+            keys = (f"{SCRIPT}/{name}", f"{ORT_SCRIPT}/{name}")
+            keys += tuple(k for k in e2e["ratios"] if k.startswith(f"{name}/{ORT_ALONE}"))
+            shown = [e2e["ratios"].get(k) for k in keys] + [None] * (3 - len(keys))
             race.add_row(
                 name,
                 fmt_seconds(Stat.of(e2e["seconds"][name]["samples"])),
                 fmt_rate(Stat.of(e2e["rows_per_s"][name]["samples"])),
-                fmt_ratio(Stat.of(ratio["samples"])) if ratio else "1.00x",
+                *(fmt_ratio(Stat.of(r["samples"])) if r else "" for r in shown[:3]),
             )
         tables.append(race)
     return tables

@@ -62,7 +62,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, error_line(f"{message} (see `{self.prog} --help`)"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given a known `command`, only that command's module is imported and registered
+    (`fashiondist infer` then skips the config module and rich that other commands' options import)."""
     parser = OneLineErrorParser(
         prog="fashiondist",
         description="Train, select, export and serve Fashion-MNIST-style classifiers, "
@@ -72,13 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fashiondist {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    known = {name.rsplit(".", 1)[1]: name for name in COMMAND_MODULES}  # each module registers its namesake
+    for name in [known[command]] if command in known else COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

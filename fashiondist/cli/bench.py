@@ -40,8 +40,9 @@ examples:
 
 INFER_DESCRIPTION = """\
 Inference images/s of onnxruntime fp32 (and int8 with --int8) against PyTorch eager at each batch size,
-then the end-to-end race: `fashiondist infer` against a plain pandas + PyTorch script doing the same job,
-each as its own process, from process start to the CSV written. The eager model is rebuilt from --checkpoint,
+then the end-to-end race: `fashiondist infer` against a plain pandas + PyTorch script and a plain pandas +
+onnxruntime script doing the same job, each as its own process, from process start to the CSV written,
+interleaved, beside onnxruntime alone on the images in memory (the floor no reader can beat). The eager model is rebuilt from --checkpoint,
 else from a run directory beside the ONNX file, else with fresh weights from the file's metadata.
 
 examples:
@@ -226,7 +227,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--end-to-end",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="race `fashiondist infer` against the pandas + PyTorch script (default: on)",
+        help="race `fashiondist infer` against the pandas + PyTorch and pandas + onnxruntime scripts (default: on)",
     )
     infer.add_argument(
         "--provider",

@@ -28,6 +28,7 @@ examples:
   fashiondist infer testX.csv.gz --model runs/sweep/model.onnx --probs --out probs.csv
   fashiondist infer train.csv --model model.onnx --out check.csv     # labelled: also prints accuracy
   fashiondist infer testX.csv --model model.onnx --provider cuda --batch-size 4096
+  fashiondist infer testX.csv --model runs/sweep --out submission.csv  # int8 where accepted and fast here
 """
 
 
@@ -44,7 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="testX.csv (Id, 784 pixels) or train.csv (Id, Label, 784 pixels); .gz works",
     )
     parser.add_argument(
-        "--model", required=True, metavar="MODEL.onnx", help="a model written by `fashiondist export`"
+        "--model",
+        required=True,
+        metavar="MODEL.onnx|RUN_DIR",
+        help="a model written by `fashiondist export`, or a run directory: its int8 model when the run's "
+        "accuracy gate kept one and this CPU has VNNI/AMX, else its model.onnx",
+    )
+    parser.add_argument(
+        "--fp32",
+        action="store_true",
+        help="with a run directory: run model.onnx even where int8 would be chosen",
     )
     parser.add_argument(
         "--out", default="submission.csv", metavar="PATH", help="the submission CSV (default: %(default)s)"
@@ -67,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=thread_count,
         default=None,
         metavar="N",
-        help="CPU threads for onnxruntime (default: one per core)",
+        help="CPU threads for onnxruntime (default: one per CPU this process may use: affinity, cgroup quota)",
     )
     parser.add_argument(
         "--probs", action="store_true", help="also write the class probabilities prob_0..prob_{K-1}"
@@ -77,21 +87,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    from fashiondist.inference.choice import choose_model
     from fashiondist.inference.job import infer_csv
     from fashiondist.inference.session import open_session
     from fashiondist.output_paths import check_output_file
 
+    choice = choose_model(args.model, args.fp32)
     check_output_file(
-        args.out, "--out", inputs={"the input CSV": args.csv, "the model": args.model}
+        args.out, "--out", inputs={"the input CSV": args.csv, "the model": choice.path}
     )  # before any work
-    model = open_session(args.model, args.provider, args.threads)
+    model = open_session(choice.path, args.provider, args.threads)
     with _progress(Path(args.csv), model.provider) as advance:
         result = infer_csv(
-            args.model, args.csv, args.out, args.batch_size, probs=args.probs, on_rows=advance, model=model
+            choice.path, args.csv, args.out, args.batch_size, probs=args.probs, on_rows=advance, model=model
         )
     seconds = time.perf_counter() - start
     # After success only: on an error, stderr holds nothing but the one error line.
-    print(_describe(model, args.threads), file=sys.stderr)
+    print(f"{_describe(model, args.threads)}; {choice.path.name}: {choice.reason}", file=sys.stderr)
     accuracy = f", accuracy {result.accuracy:.2%} on its labels" if result.accuracy is not None else ""
     print(
         f"wrote {result.out}: {result.rows:,} rows in {seconds:.2f} s ({result.rows / seconds:,.0f} rows/s; "
@@ -108,7 +120,12 @@ def _describe(model, threads: int | None) -> str:
         facts.append(f"val acc {model.val_accuracy:.2%}")
     facts.append(f"tta {meta.get('tta', 'none')}")
     facts.append("int8" if meta.get("quantization", "none") != "none" else "fp32")
-    where = model.provider + (f", {threads} threads" if threads else "")
+    from fashiondist.inference.session import default_threads
+
+    count = (
+        f"{threads} threads (--threads)" if threads else f"{default_threads()} threads (one per usable CPU)"
+    )
+    where = f"{model.provider}, {count}"
     return f"model {model.model_name} ({', '.join(facts)}) ran on {where}"
 
 

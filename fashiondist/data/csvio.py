@@ -358,23 +358,36 @@ def _row_problem(layout: _Layout, line: int, row: str) -> tuple[str | None, str]
 
 
 class _IdLedger:
-    """Every Id seen so far (sorted, with the line it was on), to catch duplicates across chunks.
+    """Every Id seen so far (with the line it was on), to catch duplicates across chunks, in O(N log N) total.
 
-    Two int64 arrays: 16 MB for a million rows, while the pixels never outlive their chunk.
+    The Ids are kept as a few sorted runs whose sizes at least double from one to the next (a log-structured
+    merge): a chunk's Ids become a new run, and a run is merged into the one before it while that one is not
+    at least twice as long. Every Id is merged O(log N) times, each merge a linear pass (a stable sort of two
+    sorted runs is timsort's merge), and a lookup searches O(log N) runs. Inserting each chunk into one
+    sorted array (`np.insert`) copied the whole array per chunk: quadratic, 0.33 s at 1M rows, 21x that at 4M.
+    Two int64 arrays in all: 16 MB for a million rows, while the pixels never outlive their chunk.
     """
 
     def __init__(self) -> None:
-        self.ids = np.empty(0, dtype=np.int64)  # sorted
-        self.lines = np.empty(0, dtype=np.int64)  # editor line of each Id above
+        # (sorted Ids, editor line of each), longest first
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def _lookup(self, ids: np.ndarray) -> np.ndarray:
+        """The line of each of `ids` seen before, or 0 where it is new (int64 [n])."""
+        lines = np.zeros(len(ids), dtype=np.int64)
+        for run_ids, run_lines in self.runs:
+            pos = np.searchsorted(run_ids, ids).clip(max=len(run_ids) - 1)
+            hit = run_ids[pos] == ids
+            lines[hit] = run_lines[pos[hit]]
+        return lines
 
     def first_duplicate(self, ids: np.ndarray, first_line: int) -> tuple[int, int] | None:
         """(row in `ids`, line of the Id's first occurrence) for the earliest row whose Id came before it."""
         found = []
-        if len(self.ids):
-            pos = np.searchsorted(self.ids, ids).clip(max=len(self.ids) - 1)
-            hits = np.flatnonzero(self.ids[pos] == ids)
-            if len(hits):
-                found.append((int(hits[0]), int(self.lines[pos[hits[0]]])))
+        earlier = self._lookup(ids)
+        hits = np.flatnonzero(earlier)
+        if len(hits):
+            found.append((int(hits[0]), int(earlier[hits[0]])))
         # rows whose Id an earlier row of the chunk has: equal neighbours in a stable sort, the later one
         order = np.argsort(ids, kind="stable")
         repeats = order[1:][ids[order[1:]] == ids[order[:-1]]]
@@ -385,14 +398,18 @@ class _IdLedger:
 
     def line_of(self, row_id: int) -> int | None:
         """The line of an Id already seen, or None."""
-        pos = int(np.searchsorted(self.ids, row_id))
-        return int(self.lines[pos]) if pos < len(self.ids) and self.ids[pos] == row_id else None
+        line = int(self._lookup(np.array([row_id], dtype=np.int64))[0])
+        return line or None  # editor lines start at 2: 0 is never one
 
     def add(self, ids: np.ndarray, first_line: int) -> None:
         order = np.argsort(ids, kind="stable")
-        at = np.searchsorted(self.ids, ids[order])
-        self.ids = np.insert(self.ids, at, ids[order])
-        self.lines = np.insert(self.lines, at, first_line + order)
+        run = (ids[order], first_line + order)
+        while self.runs and len(self.runs[-1][0]) < 2 * len(run[0]):
+            last_ids, last_lines = self.runs.pop()
+            merged_ids = np.concatenate([last_ids, run[0]])
+            merge = np.argsort(merged_ids, kind="stable")  # two sorted runs: one linear merge
+            run = (merged_ids[merge], np.concatenate([last_lines, run[1]])[merge])
+        self.runs.append(run)
 
 
 def _check_values(layout: _Layout, chunk: CsvTable, first_line: int, ledger: _IdLedger) -> None:

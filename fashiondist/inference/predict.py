@@ -15,7 +15,12 @@ import numpy as np
 from fashiondist.constants import IMAGE_SHAPE, INFER_BATCH_SIZE
 from fashiondist.data.csvio import DEFAULT_CHUNK_ROWS, iter_csv_chunks
 from fashiondist.errors import InputError
+from fashiondist.inference.prefetch import prefetched
 from fashiondist.inference.session import ModelSession
+
+# Chunks parsed ahead of the one onnxruntime predicts: one keeps the parser busy while the model runs, a
+# second absorbs a slow chunk (a gzip block, a page fault); memory stays bounded at ~3 chunks of pixels.
+PREFETCH_CHUNKS = 2
 
 
 @dataclass(frozen=True)
@@ -70,11 +75,13 @@ def predict_csv(
 ) -> Iterator[ChunkPrediction]:
     """Stream a competition CSV (testX.csv or train.csv): one ChunkPrediction per chunk, in file order.
 
-    A malformed row raises the data layer's CsvError (file, line, column) when its chunk is reached; a
-    row the model outputs NaN or infinity for, an InputError naming its line.
+    The next chunks are read and validated in a background thread while the model predicts this one
+    (`prefetched`). A malformed row raises the data layer's CsvError (file, line, column) when its chunk is
+    reached, after every chunk before it; a row the model outputs NaN or infinity for, an InputError naming
+    its line.
     """
     line = 2  # editor line of the chunk's first row (the header is line 1)
-    for table in iter_csv_chunks(csv_path, chunk_rows=chunk_rows):
+    for table in prefetched(iter_csv_chunks(csv_path, chunk_rows=chunk_rows), PREFETCH_CHUNKS):
         probs = _predict(model, table.images, batch_size)
         _refuse_non_finite(model, probs, lambda row, first=line: f"{csv_path}, line {first + row}")
         if on_rows is not None:
