@@ -20,9 +20,9 @@ from rich.console import Console
 from fashiondist.config import TrainConfig, Tta
 from fashiondist.consoles import log_console, results_console
 from fashiondist.evaluation.plots import COMPARISON_FILE
+from fashiondist.run_layout import MODEL_FILE
 
 SUBMISSION_FILE = "submission.csv"
-MODEL_FILE = "model.onnx"
 
 
 @dataclass

@@ -39,6 +39,7 @@ SUMMARY_FILE = "summary.json"
 EVALUATION_FILE = "evaluation.json"
 BEST_DIR = "best"
 LAST_DIR = "last"
+MODEL_FILE = "model.onnx"  # what `fashiondist export RUN` and the main job write into a run directory
 FOLD_PREFIX = "fold-"  # a --folds run's i-th fold is an ordinary run in RUN/fold-i
 TEACHER_FILE = "teacher_probs.npz"  # a distilled run's cached teacher probabilities (engine.distill)
 PRIVATE_TEST_FILE = "private_test.json"  # the best weights scored on the private split (engine.private_test)

@@ -46,6 +46,7 @@ from fashiondist.export.graph import (
 )
 from fashiondist.export.parity import PARITY_TOLERANCE, ParityRow, ParityTolerance
 from fashiondist.export.quantize import QuantReport, quantize_int8
+from fashiondist.inference.choice import int8_path
 from fashiondist.inference.predict import predict_proba
 from fashiondist.inference.session import open_model_bytes
 from fashiondist.models.checkpoint import load_model, resolve_model_dir, unwrap
@@ -221,7 +222,7 @@ def export_checkpoint(
     if quantize:
         report.int8 = quantize_int8(
             out_path,
-            out_path.with_name(f"{out_path.stem}.int8{out_path.suffix or '.onnx'}"),
+            int8_path(out_path),
             calibration_images=calibration_images,
             images=images,
             labels=labels,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from fashiondist.errors import InputError
 from fashiondist.hardware import read_cpu
+from fashiondist.run_layout import MODEL_FILE
 
-RUN_MODEL = "model.onnx"  # what `fashiondist export RUN` and the main job write into a run directory
 INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags
 
 
@@ -42,10 +42,10 @@ def choose_model(model: str | Path, fp32: bool = False, flags: list[str] | None 
     model = Path(model)
     if not model.is_dir():
         return ModelChoice(model, "the file given")
-    fp32_path = model / RUN_MODEL
+    fp32_path = model / MODEL_FILE
     if not fp32_path.is_file():
         raise InputError(
-            f"--model {model}: a directory without {RUN_MODEL}",
+            f"--model {model}: a directory without {MODEL_FILE}",
             hint=f"export the run first (`fashiondist export {model}`) or pass the .onnx file",
         )
     int8 = int8_path(fp32_path)
