@@ -128,6 +128,11 @@ def test_kill_9_of_one_rank_gives_one_line_on_the_survivor(tmp_path):
         "2",
         "--master-port",
         str(free_port()),
+        # The agent looks at its workers every 0.1 s by default and SIGTERMs the survivor as soon as it sees the
+        # dead one, racing the survivor's own next collective (then it takes the preemption path, tested above).
+        # Looking every 10 s lets the collective, a few milliseconds away in a training loop, notice first.
+        "--monitor-interval",
+        "10",
     ]
     cmd += [
         "--log-dir",
