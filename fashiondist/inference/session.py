@@ -212,6 +212,8 @@ def _create_on_gpu(
             f"--provider {provider}: this onnxruntime has no {wanted} (it has {', '.join(available)})",
             hint=_GPU_HINT,
         )
+    if gpu and gpu.trt_cache_dir:  # only once TensorRT is there: a refused run creates nothing
+        _engine_cache_dir(Path(gpu.trt_cache_dir))
     try:
         session = _create(path, provider_list(provider, exact_fp32, gpu), threads)
     except InputError:
@@ -228,6 +230,14 @@ def _create_on_gpu(
             hint=_GPU_HINT,
         )
     return session
+
+
+def _engine_cache_dir(directory: Path) -> None:
+    """Create `--trt-cache DIR` (TensorRT writes its engines there); InputError if it is not a directory."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--trt-cache {directory}: not a usable directory ({err.strerror})") from None
 
 
 def check_contract(

@@ -116,3 +116,14 @@ def test_io_binding_path_gives_what_a_plain_run_gives(onnx_model: Path):
     bound = dataclasses.replace(plain, io_binding=True)
     images = load_data("sample", split="test").images[:37]
     np.testing.assert_array_equal(predict_proba(bound, images, 8), predict_proba(plain, images, 8))
+
+
+def test_trt_cache_dir_is_created_or_refused_in_one_line(tmp_path: Path):
+    from fashiondist.errors import InputError
+    from fashiondist.inference.session import _engine_cache_dir
+
+    _engine_cache_dir(tmp_path / "trt" / "engines")
+    assert (tmp_path / "trt" / "engines").is_dir()
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(InputError, match=r"^--trt-cache .*file: not a usable directory"):
+        _engine_cache_dir(tmp_path / "file")
