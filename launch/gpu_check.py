@@ -18,7 +18,13 @@ with torch, accelerate, onnx and onnxruntime (no network, no install):
 4. onnxruntime: the exported file on the CUDA provider when onnxruntime offers it (else CPU) against the
    PyTorch checkpoint on the validation images: max |probability difference| and argmax agreement,
    with TF32 off on both sides, then images/s of both at batch 1024 with default settings;
-5. infer: `fashiondist infer` on the bundled testX.csv.gz with the best fp32 variant, `--provider auto`.
+5. infer: `fashiondist infer` on the bundled testX.csv.gz with the best fp32 variant, `--provider auto`;
+6. GPU inference paths (a GPU only; the smoke mode and a machine without onnxruntime's CUDA provider skip it,
+   saying why): that variant exported again with `--precision fp16`, then the fp32 and fp16 graphs on the
+   CUDA and TensorRT providers (TensorRT with an engine cache under the work directory, and with
+   trt_fp16 for the fp32 graph), each with and without IO binding, side by side: images/s at batch 1024
+   and parity against the float32 PyTorch checkpoint with the fp16 bound (TF32, on by default on both
+   providers, has fp16's significand).
 
 Results: a table on stdout, logs on stderr; gpu_check.json, gpu_check.md (the table) and gpu_check.log
 (the tail of every command's output) under $OUT when it is set, else under the work directory. Exit 0 when
@@ -47,6 +53,19 @@ PRECISION_LABEL = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
 SAMPLE_TEST_CSV = REPO / "fashiondist" / "data" / "sample" / "testX.csv.gz"
 SAMPLE_TEST_LABELS = REPO / "fashiondist" / "data" / "sample" / "testY.csv"
 LOG_TAIL_LINES = 40  # lines of each command's output kept in gpu_check.log
+
+
+@dataclass
+class GpuPathRow:
+    graph: str  # fp32 or fp16 (`export --precision`)
+    provider: str  # cuda or tensorrt
+    io_binding: bool
+    trt_fp16: bool = False
+    images_per_s: float | None = None
+    parity_ratio: float | None = None  # worst implied logit error / allowed (FP16_PARITY_TOLERANCE)
+    argmax_agreement: float | None = None
+    ok: bool = False
+    problem: str = ""
 
 
 @dataclass
@@ -511,12 +530,104 @@ def infer_check(
     return result
 
 
+# --- 6: GPU inference paths -------------------------------------------------------------------------------
+def gpu_paths_skip_reason(cfg: CheckConfig) -> str | None:
+    if cfg.smoke:
+        return "smoke mode (CPU-sized run)"
+    if cfg.device != "cuda":
+        return "no CUDA GPU for torch"
+    if "CUDAExecutionProvider" not in cfg.ort_providers:
+        return f"onnxruntime has no CUDAExecutionProvider ({', '.join(cfg.ort_providers)})"
+    return None
+
+
+def gpu_paths(
+    cfg: CheckConfig, infer: dict[str, Any], trains: list[TrainRow], commands: Commands, budget: Budget
+) -> dict[str, Any]:
+    """fp32 vs fp16 graphs on CUDA vs TensorRT, with and without IO binding, for the variant `infer` used."""
+    reason = gpu_paths_skip_reason(cfg) or (None if infer.get("model") else "no exported model")
+    if reason:
+        log(f"GPU inference paths: skipped: {reason}")
+        return {"skipped": reason, "rows": []}
+    train = next(r for r in trains if r.model == infer["model"] and r.precision == "fp32")
+    graphs = {"fp32": cfg.work / "onnx" / train.model / "model.onnx"}
+    fp16 = graphs["fp32"].with_name("model.fp16.onnx")
+    code, output, _ = commands.run(
+        f"export {train.model} fp16",
+        ["export", train.run_dir, "--precision", "fp16", "--out", str(fp16)],
+        max(budget.left() - 10, 1),
+    )
+    result: dict[str, Any] = {"model": train.model, "fp16_export_exit": code, "rows": []}
+    if code == 0 and fp16.exists():
+        graphs["fp16"] = fp16
+    else:
+        result["fp16_problem"] = _last_error(output)
+    import numpy as np
+    import torch
+
+    from fashiondist.models.checkpoint import load_model
+
+    pixels = check_pixels(cfg)
+    model, _ = load_model(Path(train.run_dir), device=cfg.device)
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        ref = torch_probs(model, pixels, cfg.device)  # strict float32 reference
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    batch = np.concatenate([pixels] * max(1, 8192 // len(pixels)))[:8192]  # [8192, 1, 28, 28] or fewer
+    for graph, path in graphs.items():
+        for provider in ("cuda", "tensorrt"):
+            for trt_fp16 in (False, True) if provider == "tensorrt" and graph == "fp32" else (False,):
+                for io_binding in (False, True):
+                    row = GpuPathRow(graph, provider, io_binding, trt_fp16)
+                    result["rows"].append(row)
+                    measure_gpu_path(cfg, row, path, ref, pixels, batch, budget)
+    result["ok"] = all(r.ok or r.problem.startswith("skipped") for r in result["rows"]) and "fp16" in graphs
+    return result
+
+
+def measure_gpu_path(
+    cfg: CheckConfig, row: GpuPathRow, path: Path, ref, pixels, batch, budget: Budget
+) -> None:
+    from fashiondist.export.parity import FP16_PARITY_TOLERANCE, parity_verdict
+    from fashiondist.inference.providers import ORT_PROVIDERS, GpuOptions
+    from fashiondist.inference.session import open_session
+
+    if ORT_PROVIDERS[row.provider] not in cfg.ort_providers:
+        row.problem = f"skipped: onnxruntime has no {ORT_PROVIDERS[row.provider]}"
+        return
+    if budget.left() < (90 if row.provider == "tensorrt" else 20):  # a TensorRT engine build takes a while
+        row.problem = "skipped: time budget spent"
+        return
+    cache = None
+    if row.provider == "tensorrt":
+        cache = cfg.work / "trt-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+    options = GpuOptions(row.io_binding, str(cache) if cache else None, row.trt_fp16)
+    try:
+        session = open_session(path, row.provider, gpu=options)
+        verdict = parity_verdict(ref, ort_probs(session, pixels), len(pixels), FP16_PARITY_TOLERANCE)
+        row.parity_ratio, row.argmax_agreement = verdict.worst_ratio, verdict.argmax_agreement
+        row.images_per_s = throughput(lambda x: ort_probs(session, x), batch, cfg.smoke)
+        row.ok = verdict.passed
+        if not row.ok:
+            row.problem = f"vs PyTorch: {verdict.describe()} (tolerance: {FP16_PARITY_TOLERANCE})"
+    except Exception as err:  # one failed path is a result to report, not a crash of the whole check
+        row.problem = f"{type(err).__name__}: {err}"[:300]
+
+
 # --- report ----------------------------------------------------------------------------------------------------
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def tables(trains: list[TrainRow], onnx_rows: list[OnnxRow], infer: dict[str, Any]) -> str:
+def tables(
+    trains: list[TrainRow],
+    onnx_rows: list[OnnxRow],
+    infer: dict[str, Any],
+    paths: dict[str, Any] | None = None,
+) -> str:
     lines = [
         "| model | precision | epochs | steps | best val acc | vs fp32 (points) | train img/s | losses finite | ok |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
@@ -548,6 +659,23 @@ def tables(trains: list[TrainRow], onnx_rows: list[OnnxRow], infer: dict[str, An
             else ""
         ),
     ]
+    paths = paths or {"skipped": "not run", "rows": []}
+    if paths.get("skipped"):
+        return "\n".join([*lines, "", f"GPU inference paths: skipped: {paths['skipped']}"])
+    lines += [
+        "",
+        f"GPU inference paths ({paths.get('model')}, batch 1024; parity vs float32 PyTorch, fp16 bound)",
+        "",
+        "| graph | provider | trt fp16 | IO binding | img/s | parity (x allowed) | argmax agree | ok |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in paths["rows"]:
+        lines.append(
+            f"| {r.graph} | {r.provider} | {r.trt_fp16} | {r.io_binding} | {_fmt(r.images_per_s, ',.0f')} | "
+            f"{_fmt(r.parity_ratio, '.2g')} | {_fmt(r.argmax_agreement, '.4f')} | {'yes' if r.ok else 'NO: ' + r.problem} |"
+        )
+    if paths.get("fp16_problem"):
+        lines.append(f"fp16 export: NO: {paths['fp16_problem']}")
     return "\n".join(lines)
 
 
@@ -572,7 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     trains = train_all(cfg, commands, budget)
     onnx_rows = export_all(cfg, trains, commands, budget)
     infer = infer_check(cfg, trains, onnx_rows, commands, budget)
+    paths = gpu_paths(cfg, infer, trains, commands, budget)
     ok = all(r.ok for r in trains) and all(r.ok for r in onnx_rows) and bool(infer.get("ok"))
+    ok = ok and (bool(paths.get("skipped")) or bool(paths.get("ok")))
     result = {
         "ok": ok,
         "elapsed_seconds": round(budget.elapsed(), 1),
@@ -581,8 +711,9 @@ def main(argv: list[str] | None = None) -> int:
         "train": [asdict(r) for r in trains],
         "onnx": [asdict(r) for r in onnx_rows],
         "infer": infer,
+        "gpu_paths": {**paths, "rows": [asdict(r) for r in paths["rows"]]},
     }
-    table = tables(trains, onnx_rows, infer)
+    table = tables(trains, onnx_rows, infer, paths)
     print(table)
     print(f"\ngpu_check: {'PASSED' if ok else 'FAILED'} in {budget.elapsed():.0f} s")
     write_outputs(cfg, result, table, commands)

@@ -22,6 +22,11 @@ fashiondist/export/agreement.py); otherwise nothing is written. export_report.js
 Without --tta the graph applies the TTA the run was validated with; without --data it is checked on the
 run's own validation split (its config's data, val_fraction and seed).
 
+--precision fp16 writes an fp16 graph with the same contract (uint8 in, float32 probs out; the cast to
+float32 is inside the graph), by default MODEL.fp16.onnx beside export_report.fp16.json, its parity judged
+with a bound in fp16's unit roundoff (fashiondist/export/parity.py). It is meant for GPUs; onnxruntime's
+CPU provider runs it too, usually slower than fp32.
+
 --quantize int8 also writes MODEL.int8.onnx (static QDQ, per-channel), calibrated on training images of
 --data and kept only if its validation accuracy is within --max-int8-drop points of the float model.
 
@@ -29,6 +34,7 @@ examples:
   fashiondist export runs/convnet --out model.onnx
   fashiondist export runs/convnet/best/model.safetensors --out model.onnx --tta none   # not the run's TTA
   fashiondist export runs/convnet --out model.onnx --quantize int8 --data fashion-mnist
+  fashiondist export runs/convnet --precision fp16                # runs/convnet/model.fp16.onnx
   fashiondist export runs/cv5 --out model.onnx                  # a --folds run: its folds as one ensemble
   fashiondist export runs/sweep --ensemble 3 --out model.onnx   # the sweep's 3 best variants, one graph
   fashiondist export runs/a runs/b --out model.onnx             # any runs, averaged in probability space
@@ -75,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="flip: the graph averages each image and its mirror (default: the run's tta, as it was validated)",
     )
     parser.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="the graph's arithmetic; fp16 keeps the uint8 input and float32 output (default: %(default)s)",
+    )
+    parser.add_argument(
         "--quantize",
         choices=["int8"],
         default=None,
@@ -101,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
 
     log = log_console()
     check_opset(args.opset)  # before any work: an opset the exporter or onnxruntime cannot take
+    if args.quantize and args.precision != "fp32":  # before any work, like the exporter's own check
+        raise InputError(
+            f"--quantize int8 is calibrated from the fp32 graph: export it without --precision {args.precision}"
+        )
     if _is_ensemble(args):
         return _run_ensemble(args, log)
     checkpoint = Path(args.checkpoint[0])
@@ -109,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     out = (
         Path(args.out)
         if args.out
-        else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "model.onnx"
+        else (checkpoint if checkpoint.is_dir() else checkpoint.parent)
+        / ("model.onnx" if args.precision == "fp32" else f"model.{args.precision}.onnx")
     )
     check_output_file(out, "--out", inputs=_run_files(checkpoint), run_dirs=_resume_dirs(checkpoint))
     checks = load_check_images(args.data or run_config(checkpoint).data, checkpoint)
@@ -124,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         tta=None if args.tta is None else Tta(args.tta),
         quantize=args.quantize,
         max_int8_drop=args.max_int8_drop,
+        precision=args.precision,
         log=lambda message: log.print(message, highlight=False),
     )
     results_console().print(export_table(report))
@@ -146,10 +164,11 @@ def _run_of(checkpoint: Path) -> Path:
 def _run_files(checkpoint: Path) -> list[Path]:
     """What export must not overwrite: the checkpoint and every file of its run but earlier exports (.onnx
     and their report), so `--out RUN/run.json` or `RUN/best/model.safetensors` cannot destroy the run."""
-    from fashiondist.export.exporter import REPORT_NAME
+    from fashiondist.export.exporter import PRECISIONS, report_name
 
+    reports = {report_name(precision) for precision in PRECISIONS}
     files = [checkpoint, *(p for p in _run_of(checkpoint).rglob("*") if p.is_file())]
-    return [p for p in files if p.suffix != ".onnx" and p.name != REPORT_NAME]
+    return [p for p in files if p.suffix != ".onnx" and p.name not in reports]
 
 
 def _resume_dirs(checkpoint: Path) -> list[Path]:
@@ -179,9 +198,9 @@ def _run_ensemble(args: argparse.Namespace, log) -> int:
     for path in paths:
         if not path.is_dir():
             raise InputError(f"{path}: no such run directory")
-    if args.quantize or args.tta or args.data:
+    if args.quantize or args.tta or args.data or args.precision != "fp32":
         raise InputError(
-            "an ensemble export takes no --quantize, --tta or --data (each member keeps its own)"
+            "an ensemble export takes no --quantize, --tta, --data or --precision (each member keeps its own)"
         )
     out = Path(args.out) if args.out else paths[0] / "model.onnx"
     check_output_file(out, "--out")
@@ -196,7 +215,8 @@ def export_table(report):
     from rich.text import Text
 
     table = Table(
-        title=f"onnxruntime vs PyTorch: {report.model}, tta {report.tta}, opset {report.opset}",
+        title=f"onnxruntime vs PyTorch: {report.model}, tta {report.tta}, opset {report.opset}, "
+        f"{report.precision}",
         caption=f"{report.onnx_path}, {report.file_bytes / 1e6:.2f} MB, tolerance: {report.parity_tolerance}\n"
         + (
             report.accuracy.describe() if report.accuracy else "validation accuracy: not measured (no labels)"

@@ -28,6 +28,8 @@ examples:
   fashiondist infer testX.csv.gz --model runs/sweep/model.onnx --probs --out probs.csv
   fashiondist infer train.csv --model model.onnx --out check.csv     # labelled: also prints accuracy
   fashiondist infer testX.csv --model model.onnx --provider cuda --batch-size 4096
+  fashiondist infer testX.csv --model model.onnx --provider cuda --io-binding
+  fashiondist infer testX.csv --model model.onnx --provider tensorrt --io-binding --trt-cache trt/ --trt-fp16
   fashiondist infer testX.csv --model runs/sweep --out submission.csv  # int8 where accepted and fast here
 """
 
@@ -73,6 +75,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="onnxruntime execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU, else the CPU (default: %(default)s)",
     )
     parser.add_argument(
+        "--io-binding",
+        action="store_true",
+        help="CUDA/TensorRT: bind input and output through onnxruntime's IOBinding (probabilities allocated on the GPU, copied back once per batch)",
+    )
+    parser.add_argument(
+        "--trt-cache",
+        default=None,
+        metavar="DIR",
+        help="TensorRT: keep built engines in DIR and load them next time (trt_engine_cache_path)",
+    )
+    parser.add_argument(
+        "--trt-fp16",
+        action="store_true",
+        help="TensorRT: allow fp16 kernels (trt_fp16_enable); an fp16 export (`export --precision fp16`) is fp16 on any provider",
+    )
+    parser.add_argument(
         "--threads",
         type=thread_count,
         default=None,
@@ -89,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from fashiondist.inference.choice import choose_model
     from fashiondist.inference.job import infer_csv
+    from fashiondist.inference.providers import GpuOptions
     from fashiondist.inference.session import open_session
     from fashiondist.output_paths import check_output_file
 
@@ -96,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(
         args.out, "--out", inputs={"the input CSV": args.csv, "the model": choice.path}
     )  # before any work
-    model = open_session(choice.path, args.provider, args.threads)
+    gpu = GpuOptions(args.io_binding, args.trt_cache, args.trt_fp16)
+    model = open_session(choice.path, args.provider, args.threads, gpu=gpu)
     with _progress(Path(args.csv), model.provider) as advance:
         result = infer_csv(
             choice.path, args.csv, args.out, args.batch_size, probs=args.probs, on_rows=advance, model=model

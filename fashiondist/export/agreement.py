@@ -100,18 +100,27 @@ def _format_name(precision: str | None) -> str:
 
 
 def compare_accuracy(
-    onnx_probs: np.ndarray, labels: np.ndarray, record: ValidationRecord | None, export_tta: str
+    onnx_probs: np.ndarray,
+    labels: np.ndarray,
+    record: ValidationRecord | None,
+    export_tta: str,
+    graph_rtol: float = 0.0,
 ) -> AccuracyAgreement:
-    """Judge `onnx_probs` [M, K] on the validation `labels` [M] against what the run recorded (module doc)."""
+    """Judge `onnx_probs` [M, K] on the validation `labels` [M] against what the run recorded (module doc).
+
+    `graph_rtol`: the exported graph's own error bound (x logit range) when it is coarser than float32 (an fp16
+    graph: `parity.FP16_PARITY_TOLERANCE.logit_rtol`); the two errors add, so the tie margin is their sum.
+    """
     onnx_pred = onnx_probs.argmax(1)
     onnx_correct = int((onnx_pred == labels).sum())
-    rtol = tie_rtol(record.precision if record else None)
+    rtol = tie_rtol(record.precision if record else None) + graph_rtol
+    graph = f" + the graph's own {graph_rtol:.3g}" if graph_rtol else ""
     base = {
         "images": len(labels),
         "onnx_accuracy": accuracy(labels, onnx_pred),
         "onnx_correct": onnx_correct,
         "tie_margin": f"implied logit margin <= {rtol:.3g} x logit range "
-        f"({TIE_FACTOR} x the unit roundoff of {_format_name(record.precision if record else None)})",
+        f"({TIE_FACTOR} x the unit roundoff of {_format_name(record.precision if record else None)}{graph})",
     }
     if record is None or record.val_accuracy is None:
         return _no_verdict(base, "the checkpoint records no validation accuracy")

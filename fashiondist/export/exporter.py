@@ -44,7 +44,7 @@ from fashiondist.export.graph import (
     model_metadata,
     to_onnx,
 )
-from fashiondist.export.parity import PARITY_TOLERANCE, ParityRow, ParityTolerance
+from fashiondist.export.parity import PARITY_TOLERANCES, ParityRow, ParityTolerance
 from fashiondist.export.quantize import QuantReport, quantize_int8
 from fashiondist.inference.choice import int8_path
 from fashiondist.inference.predict import predict_proba
@@ -52,6 +52,14 @@ from fashiondist.inference.session import open_model_bytes
 from fashiondist.models.checkpoint import load_model, resolve_model_dir, unwrap
 
 REPORT_NAME = "export_report.json"
+# The graph's arithmetic; its input (uint8) and output (float32) are the same in both.
+PRECISIONS = ("fp32", "fp16")
+
+
+def report_name(precision: str = "fp32") -> str:
+    """The report beside an export: `export_report.json`, `export_report.fp16.json` for an fp16 graph."""
+    return REPORT_NAME if precision == "fp32" else f"export_report.{precision}.json"
+
 
 Log = Callable[[str], None]
 
@@ -68,6 +76,7 @@ class ExportReport:
     opset: int
     tta: str
     file_bytes: int
+    precision: str  # fp32, or fp16: weights and activations in fp16, cast back to float32 before the softmax
     export_seconds: float
     parity_tolerance: str
     parity: list[ParityRow]
@@ -110,11 +119,18 @@ def export_model(
     opset: int | None = None,
     tta: Tta = Tta.NONE,
     batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
-    tolerance: ParityTolerance = PARITY_TOLERANCE,
+    tolerance: ParityTolerance | None = None,
     min_images: int = MIN_IMAGES_PER_SIZE,
+    precision: str = "fp32",
     log: Log | None = None,
 ) -> ExportReport:
     """Export, check (onnx.checker + parity on uint8 `images` [N, 28, 28]), then write `out_path` atomically.
+
+    `precision="fp16"` exports a `.half()` copy: the model normalises into its buffers' dtype (fp16) and
+    `ProbsHead` casts the logits to float32 before the softmax, so the contract (uint8 `pixels`, float32
+    `probs`) is the fp32 graph's. Simpler than rewriting the proto (onnxconverter-common is not a dependency):
+    torch.export sees the fp16 model as it is. Parity is still against the float32 PyTorch model, judged
+    with `parity.FP16_PARITY_TOLERANCE` unless `tolerance` is given.
 
     With `labels` (int64 [N], the run's validation split) the ONNX model's accuracy on `images` is reported
     beside the run's `record`, and a disagreement (`export.agreement`) refuses the export like a failed check.
@@ -124,11 +140,17 @@ def export_model(
     if not out_path.parent.is_dir():
         raise InputError(f"{out_path}: the output directory {out_path.parent} does not exist")
     tta = Tta(tta)
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r}: not one of {', '.join(PRECISIONS)}")
+    tolerance = tolerance or PARITY_TOLERANCES[precision]
 
     start = time.perf_counter()
-    log(f"exporting {metadata.get('model')} to ONNX (torch.export, dynamic batch, tta={tta.value})")
+    log(
+        f"exporting {metadata.get('model')} to ONNX (torch.export, dynamic batch, tta={tta.value}, {precision})"
+    )
     model = copy.deepcopy(unwrap(model)).float().cpu().eval()  # the caller's model keeps its device and mode
-    proto = to_onnx(model, metadata, opset, tta)
+    graph_model = copy.deepcopy(model).half() if precision == "fp16" else model
+    proto = to_onnx(graph_model, {**metadata, "precision": precision}, opset, tta)
     export_seconds = time.perf_counter() - start
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -149,6 +171,7 @@ def export_model(
         opset=int(props["opset"]),
         tta=tta.value,
         file_bytes=len(blob),
+        precision=precision,
         export_seconds=round(export_seconds, 2),
         parity_tolerance=str(tolerance),
         parity=rows,
@@ -161,7 +184,10 @@ def export_model(
             f"{out_path}: onnxruntime disagrees with PyTorch ({worst}; tolerance: {tolerance}); nothing written"
         )
     if labels is not None:
-        report.accuracy = compare_accuracy(predict_proba(session, images), labels, record, tta.value)
+        graph_rtol = 0.0 if precision == "fp32" else tolerance.logit_rtol  # fp16: its own rounding adds
+        report.accuracy = compare_accuracy(
+            predict_proba(session, images), labels, record, tta.value, graph_rtol
+        )
         log(report.accuracy.describe())
         if report.accuracy.agrees is False:
             raise FashiondistError(
@@ -185,6 +211,7 @@ def export_checkpoint(
     tta: Tta | None = None,
     quantize: str | None = None,
     max_int8_drop: float = 0.5,
+    precision: str = "fp32",
     log: Log | None = None,
 ) -> ExportReport:
     """Export a checkpoint (run dir, best/ dir or model.safetensors) and write `export_report.json` beside it.
@@ -204,6 +231,10 @@ def export_checkpoint(
     model_dir = resolve_model_dir(checkpoint)
     record = read_validation_record(model_dir, meta, run_config(model_dir).tta.value)
     tta = Tta(record.tta) if tta is None else Tta(tta)
+    if quantize and precision != "fp32":
+        raise InputError(
+            f"--quantize int8 is calibrated from the fp32 graph: export it without --precision {precision}"
+        )
     if quantize not in (None, "int8"):
         raise InputError(f"--quantize {quantize!r}: the only quantization is int8")
     if quantize and (labels is None or calibration_images is None):
@@ -217,7 +248,7 @@ def export_checkpoint(
         )
     report = export_model(
         model, out_path, metadata=model_metadata(meta, tta, run=find_run_record(checkpoint)), images=images,
-        labels=labels, record=record, opset=opset, tta=tta, log=log,
+        labels=labels, record=record, opset=opset, tta=tta, precision=precision, log=log,
     )  # fmt: skip
     if quantize:
         report.int8 = quantize_int8(
@@ -229,7 +260,7 @@ def export_checkpoint(
             max_drop_points=max_int8_drop,
             log=log,
         )
-    write_export_report(report, out_path.with_name(REPORT_NAME))
+    write_export_report(report, out_path.with_name(report_name(precision)))
     if report.int8_refusal:
         log(report.int8_refusal)
     return report

@@ -4,7 +4,9 @@ The graph is `models.tta.ProbsHead(model)`: uint8 `pixels` [N, 1, 28, 28] -> the
 inside) -> softmax -> float32 `probs` [N, K]; with flip TTA it averages the image and its mirror. It is
 exported with torch.export (`dynamo=True`) from the unwrapped float32 CPU model in eval mode, with a dynamic
 batch dimension (the example batch is 2: an example of 1 would specialise N to 1), as one self-contained
-proto whose metadata_props say what the model is.
+proto whose metadata_props say what the model is. An fp16 graph (`export --precision fp16`) is the same
+head over a `.half()` copy: the model normalises into fp16 and the head casts the logits to float32 before the
+softmax, so the contract does not change.
 
 Parity: for each batch size (1, an odd 7, and 256 by default) both runtimes predict the same real images in
 batches of that size; `export.parity.parity_verdict` judges them (float32 tolerance on the implied logits,

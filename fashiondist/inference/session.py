@@ -22,7 +22,13 @@ import onnxruntime as ort
 from fashiondist.constants import IMAGE_SHAPE, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, Tta
 from fashiondist.errors import InputError
 from fashiondist.hardware import usable_cores
-from fashiondist.inference.providers import ORT_PROVIDERS, PROVIDER_CHOICES, PROVIDER_LISTS
+from fashiondist.inference.providers import (
+    ORT_PROVIDERS,
+    PROVIDER_CHOICES,
+    PROVIDER_LISTS,
+    GpuOptions,
+    provider_list,
+)
 
 # metadata_props keys every fashiondist model carries; fashiondist/export writes them (its tests open every
 # exported model through `open_session`, which holds the two sides together).
@@ -64,15 +70,30 @@ class ModelSession:
     class_names: tuple[str, ...]
     metadata: dict[str, str]  # every field checked (check_metadata): safe to show or parse
     val_accuracy: float | None  # metadata val_accuracy: 0..1, None when the checkpoint had no metric
+    io_binding: bool = False  # run through an IOBinding (CUDA, TensorRT): `probs` allocated on the device
 
     @property
     def model_name(self) -> str:
         return self.metadata["model"]
 
     def predict_proba(self, pixels: np.ndarray) -> np.ndarray:
-        probs = self.session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: pixels})[0]
+        if self.io_binding:
+            probs = self._run_bound(pixels)
+        else:
+            probs = self.session.run([ONNX_OUTPUT_NAME], {ONNX_INPUT_NAME: pixels})[0]
         check_output_shape(self, probs, len(pixels))
         return probs
+
+    def _run_bound(self, pixels: np.ndarray) -> np.ndarray:
+        """One batch through an IOBinding: the uint8 input bound from host memory (onnxruntime copies it to the
+        device), `probs` allocated by the provider on its device and copied back once. Whether it beats a plain
+        `run` on a given GPU is what launch/gpu_check.py measures."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(ONNX_INPUT_NAME, np.ascontiguousarray(pixels))
+        # The device the provider allocates on; "cpu" only where a test binds a CPU session (same code path).
+        binding.bind_output(ONNX_OUTPUT_NAME, "cpu" if self.provider == ORT_PROVIDERS["cpu"] else "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
 
 def check_output_shape(model: ModelSession, probs: np.ndarray, rows: int) -> None:
@@ -107,14 +128,20 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 def open_session(
-    path: str | os.PathLike, provider: str = "auto", threads: int | None = None, exact_fp32: bool = False
+    path: str | os.PathLike,
+    provider: str = "auto",
+    threads: int | None = None,
+    exact_fp32: bool = False,
+    gpu: GpuOptions | None = None,
 ) -> ModelSession:
     """Open `path` on `provider` (auto, cpu, cuda, tensorrt) and check the fashiondist contract.
 
     `auto` takes CUDA when onnxruntime-gpu sees a GPU, else the CPU. An explicit GPU provider that
     onnxruntime lacks, or that falls back to the CPU when the session starts, is an error, never a quiet
     CPU run. `exact_fp32` turns TF32 off on the CUDA provider (for parity checks against strict fp32).
+    `gpu`: IO binding and TensorRT's options (`providers.GpuOptions`); they need an explicit GPU provider.
     """
+    gpu = gpu or GpuOptions()
     path = Path(path)
     if provider not in PROVIDER_CHOICES:
         raise InputError(f"--provider {provider!r}: not one of {', '.join(PROVIDER_CHOICES)}")
@@ -124,6 +151,9 @@ def open_session(
         raise InputError(f"{path}: is a directory, not an ONNX model file", hint="pass the .onnx file")
     if threads is not None and threads < 1:
         raise InputError(f"--threads {threads}: must be at least 1")
+    mismatch = gpu.check(provider)
+    if mismatch:
+        raise InputError(mismatch, hint="--provider cuda or tensorrt on a machine with an NVIDIA GPU")
 
     if provider == "cpu":
         session = _create(path, PROVIDER_LISTS["cpu"], threads)
@@ -133,8 +163,8 @@ def open_session(
         except ProviderUnavailable:
             session = _create(path, PROVIDER_LISTS["cpu"], threads)
     else:
-        session = _create_on_gpu(path, provider, threads, exact_fp32)
-    return _checked(session, path)
+        session = _create_on_gpu(path, provider, threads, exact_fp32, gpu)
+    return _checked(session, path, gpu.io_binding)
 
 
 def open_model_bytes(model: bytes, path: str | os.PathLike) -> ModelSession:
@@ -146,10 +176,17 @@ def open_model_bytes(model: bytes, path: str | os.PathLike) -> ModelSession:
     return _checked(_create(path, PROVIDER_LISTS["cpu"], None, model), path)
 
 
-def _checked(session: ort.InferenceSession, path: Path) -> ModelSession:
+def _checked(session: ort.InferenceSession, path: Path, io_binding: bool = False) -> ModelSession:
     metadata, (num_classes, class_names, val_accuracy) = check_contract(session, path)
     return ModelSession(
-        path, session, session.get_providers()[0], num_classes, class_names, metadata, val_accuracy
+        path,
+        session,
+        session.get_providers()[0],
+        num_classes,
+        class_names,
+        metadata,
+        val_accuracy,
+        io_binding,
     )
 
 
@@ -165,7 +202,9 @@ def _create(
         raise InputError(f"{path}: not a readable ONNX model ({reason})") from None
 
 
-def _create_on_gpu(path: Path, provider: str, threads: int | None, exact_fp32: bool) -> ort.InferenceSession:
+def _create_on_gpu(
+    path: Path, provider: str, threads: int | None, exact_fp32: bool, gpu: GpuOptions | None = None
+) -> ort.InferenceSession:
     """A session whose first provider is `provider`'s (cuda, tensorrt); ProviderUnavailable if it can't start."""
     wanted, available = ORT_PROVIDERS[provider], ort.get_available_providers()
     if wanted not in available:
@@ -173,12 +212,10 @@ def _create_on_gpu(path: Path, provider: str, threads: int | None, exact_fp32: b
             f"--provider {provider}: this onnxruntime has no {wanted} (it has {', '.join(available)})",
             hint=_GPU_HINT,
         )
+    if gpu and gpu.trt_cache_dir:  # only once TensorRT is there: a refused run creates nothing
+        _engine_cache_dir(Path(gpu.trt_cache_dir))
     try:
-        providers = [
-            (name, {"use_tf32": "0"}) if exact_fp32 and name == ORT_PROVIDERS["cuda"] else name
-            for name in PROVIDER_LISTS[provider]
-        ]  # use_tf32: a CUDA provider option since onnxruntime 1.16
-        session = _create(path, providers, threads)
+        session = _create(path, provider_list(provider, exact_fp32, gpu), threads)
     except InputError:
         raise
     except Exception as err:  # a missing CUDA/cuDNN/TensorRT library, no device: onnxruntime says which
@@ -193,6 +230,14 @@ def _create_on_gpu(path: Path, provider: str, threads: int | None, exact_fp32: b
             hint=_GPU_HINT,
         )
     return session
+
+
+def _engine_cache_dir(directory: Path) -> None:
+    """Create `--trt-cache DIR` (TensorRT writes its engines there); InputError if it is not a directory."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--trt-cache {directory}: not a usable directory ({err.strerror})") from None
 
 
 def check_contract(

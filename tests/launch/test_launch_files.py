@@ -429,6 +429,10 @@ def test_gpu_check_smoke_mode_runs_end_to_end_on_the_cpu(tmp_path):
     (onnx,) = result["onnx"]
     assert onnx["exported"] and onnx["parity_ratio"] <= 1.0 and onnx["argmax_agreement"] == 1.0
     assert result["infer"]["ok"] and result["infer"]["rows"] == 1000
+    # the GPU inference paths (fp32/fp16 graphs on CUDA/TensorRT, IO binding) are skipped, saying why
+    assert result["gpu_paths"] == {"skipped": "smoke mode (CPU-sized run)", "rows": []}
+    assert "GPU inference paths: skipped: smoke mode" in proc.stderr
+    assert "GPU inference paths: skipped: smoke mode" in (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| convnet | fp32 |" in (tmp_path / "out" / "gpu_check.md").read_text()
     assert "PASSED" in proc.stdout
     assert proc.stdout.index("fashiondist doctor") < proc.stdout.index("PASSED")  # the machine, first
