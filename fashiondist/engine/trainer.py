@@ -250,6 +250,8 @@ class Trainer:
         self._announce()
         run_start = time.perf_counter()
         preempted = None
+        # The watch stays on through the preemption save and the record: a second signal (a launcher's
+        # PDEATHSIG after the first, a scheduler's repeat) is only recorded then, never the default death mid-save.
         with PreemptionWatch() as watch:
             while state.epoch < self.epoch_limit:
                 preempted = self._train_epoch(watch)
@@ -257,18 +259,20 @@ class Trainer:
                     break
                 if self._end_epoch(run_start):
                     break
-        if preempted:
-            self._agree_on_buffers()
-            self._save_last()
-            acc.wait_for_everyone()
-            self.progress.log(
-                f"{preempted}: saved {self.run_dir / LAST_DIR} at step {state.step}; resume with the same "
-                f"command plus `--resume {self.run_dir / LAST_DIR}` (or `--resume auto`)"
-            )
-        else:
+            if preempted:
+                self._agree_on_buffers()
+                self._save_last()
+                acc.wait_for_everyone()
+                self.progress.log(
+                    f"{preempted}: saved {self.run_dir / LAST_DIR} at step {state.step}; resume with the same "
+                    f"command plus `--resume {self.run_dir / LAST_DIR}` (or `--resume auto`)"
+                )
+                if acc.is_main_process:
+                    run_record.finish(self.run_dir, "preempted", self._record_result())
+        if not preempted:
             self._finish()
-        if acc.is_main_process:
-            run_record.finish(self.run_dir, "preempted" if preempted else "finished", self._record_result())
+            if acc.is_main_process:
+                run_record.finish(self.run_dir, "finished", self._record_result())
         return RunResult(
             self.run_dir, cfg.model, state.best_val_acc, state.best_epoch, state.epoch, state.train_seconds,
             self._images_per_s(), preempted,

@@ -88,7 +88,7 @@ def test_sigusr1_to_plain_accelerate_launch_leaves_no_orphan(tmp_path):
         finally:
             _kill_all(ranks)
     record = _record(out)
-    assert record["status"] == "preempted", record["status"]
+    assert record["status"] == "preempted", (record["status"], err[-4000:])
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     assert state["epoch"] < 30
 
