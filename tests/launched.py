@@ -45,6 +45,15 @@ def accelerate(*args: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", *args]
 
 
+def multi_node_node(rank: int, port: str, *train_args: str) -> list[str]:
+    """Node `rank` of the repo's 2-node CPU config meeting at 127.0.0.1:`port`, running `fashiondist ARGS`."""
+    config = str(LAUNCH / "accelerate" / "cpu_multi_node.yaml")
+    return accelerate(
+        "--config_file", config, "--machine_rank", str(rank), "--main_process_port", port,
+        "-m", "fashiondist", *train_args,
+    )  # fmt: skip
+
+
 def children(pid: int) -> list[int]:
     """The live processes whose parent is `pid` (Linux /proc)."""
     found = []

@@ -28,6 +28,7 @@ from launched import (
     descendants,
     finish,
     free_port,
+    multi_node_node,
     reaped,
     start,
     wait_for,
@@ -165,15 +166,9 @@ def test_nodes_launched_with_different_arguments_refuse_in_one_line(tmp_path):
     out, port = tmp_path / "run", str(free_port())
     procs = [
         start(
-            accelerate(
-                "--config_file",
-                str(LAUNCH / "accelerate" / "cpu_multi_node.yaml"),
-                "--machine_rank",
-                str(rank),
-                "--main_process_port",
+            multi_node_node(
+                rank,
                 port,
-                "-m",
-                "fashiondist",
                 "train",
                 *TINY,
                 "--data",

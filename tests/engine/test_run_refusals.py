@@ -105,6 +105,22 @@ def test_reproduce_out_a_file(trained, tmp_path, capsys):
 # --- resume ----------------------------------------------------------------------------------------------
 
 
+def _resume_argv(tiny_train: list[str], tiny_csv, run) -> list[str]:
+    """`train` resuming `run` for a second epoch, with the options it was trained with."""
+    return [
+        "train",
+        *tiny_train,
+        "--epochs",
+        "2",
+        "--data",
+        str(tiny_csv),
+        "--out",
+        str(run),
+        "--resume",
+        "auto",
+    ]
+
+
 @pytest.mark.parametrize(
     "flags,key",
     [
@@ -121,18 +137,7 @@ def test_resume_refuses_a_change_of_split_optimizer_or_model(
 ):
     run = _copy(trained, tmp_path)
     before = _snapshot(run)
-    argv = [
-        "train",
-        *tiny_train,
-        "--epochs",
-        "2",
-        "--data",
-        str(tiny_csv),
-        "--out",
-        str(run),
-        "--resume",
-        "auto",
-    ]
+    argv = _resume_argv(tiny_train, tiny_csv, run)
     code = main([*argv, *flags])  # a later flag wins
     err = _one_line(capsys)
     assert code == 2 and f"the checkpoint has {key}=" in err and f"resume with the same {key}" in err, err
@@ -141,18 +146,7 @@ def test_resume_refuses_a_change_of_split_optimizer_or_model(
 
 def test_resume_across_a_changed_accumulation_continues(trained, tiny_csv, tiny_train, tmp_path):
     run = _copy(trained, tmp_path)
-    argv = [
-        "train",
-        *tiny_train,
-        "--epochs",
-        "2",
-        "--data",
-        str(tiny_csv),
-        "--out",
-        str(run),
-        "--resume",
-        "auto",
-    ]
+    argv = _resume_argv(tiny_train, tiny_csv, run)
     assert main([*argv, "--grad-accum", "2"]) == 0
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
@@ -166,18 +160,7 @@ def test_resume_of_a_checkpoint_without_recorded_keys_reads_its_config(
     state = json.loads((run / "last" / "trainer_state.json").read_text())
     state.pop("resume_keys")
     (run / "last" / "trainer_state.json").write_text(json.dumps(state))
-    argv = [
-        "train",
-        *tiny_train,
-        "--epochs",
-        "2",
-        "--data",
-        str(tiny_csv),
-        "--out",
-        str(run),
-        "--resume",
-        "auto",
-    ]
+    argv = _resume_argv(tiny_train, tiny_csv, run)
     assert main([*argv, "--seed", "7"]) == 2
     assert "the checkpoint has seed=0" in _one_line(capsys)
 

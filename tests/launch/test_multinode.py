@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from launched import ENV, LAUNCH, REPO, TINY, accelerate, finish, free_port, reaped, start
+from launched import ENV, LAUNCH, REPO, TINY, accelerate, finish, free_port, multi_node_node, reaped, start
 from safetensors.numpy import load_file
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
@@ -80,22 +80,7 @@ def single_node(tiny_data, tmp_path_factory) -> Path:
 
 def test_accelerate_multi_node_config_as_two_launches(tiny_data, single_node, tmp_path):
     out, port = tmp_path / "run", str(free_port())
-    procs = [
-        start(
-            accelerate(
-                "--config_file",
-                str(LAUNCH / "accelerate" / "cpu_multi_node.yaml"),
-                "--machine_rank",
-                str(rank),
-                "--main_process_port",
-                port,
-                "-m",
-                "fashiondist",
-                *_train_args(tiny_data, out),
-            )
-        )  # fmt: skip
-        for rank in (1, 0)
-    ]
+    procs = [start(multi_node_node(rank, port, *_train_args(tiny_data, out))) for rank in (1, 0)]
     with reaped(*procs):
         _ok(finish(*procs))
     assert _world(out) == 2
