@@ -8,17 +8,16 @@ Root-only cases (device nodes, a tiny tmpfs that fills, a read-only remount) ski
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import socket
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounts import tmpfs
 
 from fashiondist.atomic_io import atomic_write, write_bytes, write_text
 from fashiondist.cli import main
@@ -191,23 +190,9 @@ def test_data_export_csv_onto_its_own_source(tmp_path: Path, capsys):
 # --- the file system refuses: full, read-only -------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 @needs_root
 def test_disk_full_is_one_error_and_the_old_file_stays(tmp_path: Path):
-    with _tmpfs(tmp_path / "small", "64k") as small:
+    with tmpfs(tmp_path / "small", "64k") as small:
         target = small / "model.onnx"
         write_bytes(target, b"old model")
         with pytest.raises(InputError, match=r"model.onnx: cannot write \(No space left on device\)"):
@@ -218,7 +203,7 @@ def test_disk_full_is_one_error_and_the_old_file_stays(tmp_path: Path):
 
 @needs_root
 def test_infer_probs_on_a_full_disk(onnx_model, sample_test_csv, tmp_path: Path, capsys):
-    with _tmpfs(tmp_path / "small", "32k") as small:
+    with tmpfs(tmp_path / "small", "32k") as small:
         out = small / "probs.csv"
         code = main(["infer", str(sample_test_csv), "--model", str(onnx_model), "--probs", "--out", str(out)])
         err = _one_line(capsys.readouterr().err)
@@ -230,7 +215,7 @@ def test_infer_probs_on_a_full_disk(onnx_model, sample_test_csv, tmp_path: Path,
 def test_read_only_mid_write_the_cleanup_does_not_hide_the_error(tmp_path: Path, monkeypatch):
     """The file system turns read-only between the temp file and the rename: the rename fails with EROFS, the
     temp file cannot be removed either, and the error raised is the write's, as one InputError."""
-    with _tmpfs(tmp_path / "ro", "1m") as ro:
+    with tmpfs(tmp_path / "ro", "1m") as ro:
         target = ro / "run.json"
         write_text(target, "old")
         real_replace = os.replace
@@ -252,7 +237,7 @@ def test_read_only_mid_write_the_cleanup_does_not_hide_the_error(tmp_path: Path,
 def test_read_only_run_directory_evaluate_is_one_line(fake_run: Path, tmp_path: Path, capsys):
     """`evaluate --data` into a read-only place, and `reproduce` whose default output sits beside a
     read-only run: one line each, exit 2."""
-    with _tmpfs(tmp_path / "ro", "1m") as ro:
+    with tmpfs(tmp_path / "ro", "1m") as ro:
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         code = main(["evaluate", str(fake_run / "best"), "--data", "sample", "--out", str(ro / "eval")])
         err = _one_line(capsys.readouterr().err)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mounts import tmpfs
 
 from fashiondist.cli import main
 from fashiondist.engine.run_checkpoint import non_finite_loss
@@ -200,36 +201,20 @@ def test_a_bf16_run_that_diverges_at_once(tiny_csv, tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
 def test_train_on_a_full_disk_is_one_line(tiny_csv, tiny_train, tmp_path, capsys):
     """The checkpoint does not fit a 1 MB tmpfs: exit 2 and one line, not torch's 'unexpected pos' error."""
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "1m") as small:
         code = main(
             ["train", *tiny_train, "--epochs", "1", "--data", str(tiny_csv), "--out", str(small / "run")]
         )
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert code == 2 and err.startswith("fashiondist: error: ") and "No space left on device" in err, err
         assert not [p for p in small.rglob("*") if ".tmp" in p.name]  # no temp file or directory left
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a read-only mount needs root (CI runs as root)")
 def test_evaluate_and_reproduce_a_read_only_run(trained, tmp_path, capsys):
     """A run on a read-only file system: `evaluate` (which writes its report into the run) and `reproduce`
     (whose default output sits beside it) are one line each, exit 2; the run is untouched."""
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(ro)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "16m") as ro:
         run = ro / "run"
         shutil.copytree(trained, run)
         before = _snapshot(run)
@@ -239,8 +224,6 @@ def test_evaluate_and_reproduce_a_read_only_run(trained, tmp_path, capsys):
         assert main(["reproduce", str(run)]) == 2
         assert "Read-only file system" in _one_line(capsys)
         assert _snapshot(run) == before
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 def test_train_test_csv_is_not_the_submission(tiny_csv, tiny_train, tmp_path, capsys):
