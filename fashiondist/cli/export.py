@@ -107,16 +107,13 @@ def run(args: argparse.Namespace) -> int:
     from fashiondist.consoles import log_console, results_console
     from fashiondist.errors import FashiondistError, InputError
     from fashiondist.export.check_images import load_check_images, run_config
-    from fashiondist.export.exporter import export_checkpoint
+    from fashiondist.export.exporter import check_precision, export_checkpoint, model_file_name
     from fashiondist.export.opsets import check_opset
     from fashiondist.output_paths import check_output_file
 
     log = log_console()
     check_opset(args.opset)  # before any work: an opset the exporter or onnxruntime cannot take
-    if args.quantize and args.precision != "fp32":  # before any work, like the exporter's own check
-        raise InputError(
-            f"--quantize int8 is calibrated from the fp32 graph: export it without --precision {args.precision}"
-        )
+    check_precision(args.precision, args.quantize)  # before any work (the exporter checks it for its callers)
     if _is_ensemble(args):
         return _run_ensemble(args, log)
     checkpoint = Path(args.checkpoint[0])
@@ -125,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
     out = (
         Path(args.out)
         if args.out
-        else (checkpoint if checkpoint.is_dir() else checkpoint.parent)
-        / ("model.onnx" if args.precision == "fp32" else f"model.{args.precision}.onnx")
+        else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / model_file_name(args.precision)
     )
     check_output_file(out, "--out", inputs=_run_files(checkpoint), run_dirs=_resume_dirs(checkpoint))
     checks = load_check_images(args.data or run_config(checkpoint).data, checkpoint)

@@ -61,6 +61,21 @@ def report_name(precision: str = "fp32") -> str:
     return REPORT_NAME if precision == "fp32" else f"export_report.{precision}.json"
 
 
+def model_file_name(precision: str = "fp32") -> str:
+    """The default export file in a run directory: `model.onnx`, `model.fp16.onnx` for an fp16 graph."""
+    return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+
+
+def check_precision(precision: str, quantize: str | None = None) -> None:
+    """InputError for a graph precision the exporter lacks, or for int8 asked of a graph that is not fp32."""
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r}: not one of {', '.join(PRECISIONS)}")
+    if quantize and precision != "fp32":
+        raise InputError(
+            f"--quantize int8 is calibrated from the fp32 graph: export it without --precision {precision}"
+        )
+
+
 Log = Callable[[str], None]
 
 
@@ -140,8 +155,7 @@ def export_model(
     if not out_path.parent.is_dir():
         raise InputError(f"{out_path}: the output directory {out_path.parent} does not exist")
     tta = Tta(tta)
-    if precision not in PRECISIONS:
-        raise InputError(f"--precision {precision!r}: not one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     tolerance = tolerance or PARITY_TOLERANCES[precision]
 
     start = time.perf_counter()
@@ -231,10 +245,7 @@ def export_checkpoint(
     model_dir = resolve_model_dir(checkpoint)
     record = read_validation_record(model_dir, meta, run_config(model_dir).tta.value)
     tta = Tta(record.tta) if tta is None else Tta(tta)
-    if quantize and precision != "fp32":
-        raise InputError(
-            f"--quantize int8 is calibrated from the fp32 graph: export it without --precision {precision}"
-        )
+    check_precision(precision, quantize)
     if quantize not in (None, "int8"):
         raise InputError(f"--quantize {quantize!r}: the only quantization is int8")
     if quantize and (labels is None or calibration_images is None):
