@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -94,24 +96,35 @@ def _read_cache(path: Path, key: str) -> np.ndarray | None:
         return None  # a damaged cache is recomputed
 
 
-def teacher_targets(acc, cfg: TrainConfig, images: np.ndarray, run_dir: Path) -> torch.Tensor:
+def teacher_targets(
+    acc, cfg: TrainConfig, images: np.ndarray, run_dir: Path, log: Callable[[str], None]
+) -> torch.Tensor:
     """float32 [N, K]: the teacher's probabilities for uint8 `images` [N, H, W] at the run's temperature.
 
-    The main process computes them (float32, every member's own TTA) or reads the cache; every rank then
-    reads the same file, so all ranks train on bitwise the same targets.
+    The main process computes them (float32, every member's own TTA; channels_last when the run trains so)
+    or reads the cache, saying which and how long it took through `log`; every rank then reads the same file,
+    so all ranks train on bitwise the same targets.
     """
     from fashiondist.engine.evaluate import model_probs
 
     members = expand_members(cfg.teacher)
     key = _cache_key(members, images)
     path = run_dir / TEACHER_FILE
-    if acc.is_main_process and _read_cache(path, key) is None:
-        ensemble = load_ensemble(members, acc.device)
-        pixels = torch.as_tensor(images, device=acc.device).unsqueeze(1)  # [N, 1, H, W] uint8
-        probs = model_probs(ensemble, pixels, cfg.eval_batch_size).cpu().numpy()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as fh:
-            np.savez_compressed(fh, probs=probs.astype(np.float32), key=np.array(key))
+    if acc.is_main_process:
+        if _read_cache(path, key) is None:
+            start = time.perf_counter()
+            log(f"teacher: predicting {len(images):,} training images with {len(members)} members ...")
+            ensemble = load_ensemble(members, acc.device)
+            if cfg.channels_last:
+                ensemble = ensemble.to(memory_format=torch.channels_last)
+            pixels = torch.as_tensor(images, device=acc.device).unsqueeze(1)  # [N, 1, H, W] uint8
+            probs = model_probs(ensemble, pixels, cfg.eval_batch_size).cpu().numpy()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path) as fh:
+                np.savez_compressed(fh, probs=probs.astype(np.float32), key=np.array(key))
+            log(f"teacher: done in {time.perf_counter() - start:.0f} s, cached in {path}")
+        else:
+            log(f"teacher: probabilities read from {path}")
     acc.wait_for_everyone()
     probs = torch.as_tensor(_read_cache(path, key))
     log_t = probs.clamp_min(torch.finfo(torch.float32).tiny).log() / cfg.distill_temperature

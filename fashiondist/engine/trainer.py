@@ -154,7 +154,9 @@ class Trainer:
         self.resumed_from = last.directory if last is not None else None
         self.state = self._start_state(last)
         teacher = (
-            teacher_targets(accelerator, cfg, data.images[train_idx], self.run_dir) if cfg.teacher else None
+            teacher_targets(accelerator, cfg, data.images[train_idx], self.run_dir, self.progress.log)
+            if cfg.teacher
+            else None
         )
         self.prepared = prepare_training(
             cfg, accelerator, data.images[train_idx], data.labels[train_idx], self.num_classes,

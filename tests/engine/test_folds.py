@@ -161,23 +161,26 @@ def test_a_student_distils_the_cached_ensemble(cv_run, tiny_csv, tmp_path):
     out = tmp_path / "student"
     args = ["train", *FOLDS[:11], "--private-test", str(PRIVATE), "--data", str(tiny_csv), "--out", str(out)]
     args += ["--teacher", str(cv_run), "--set", "distill_temperature=2", "--set", "distill_weight=0.7"]
-    _run(args)
+    first = _run(args)
+    assert "teacher: predicting" in first.stderr and f"cached in {out / TEACHER_FILE}" in first.stderr
     data = load_data(str(tiny_csv))
     train_idx, _ = run_split(data.labels, TrainConfig(data=str(tiny_csv), private_test=PRIVATE))
     with np.load(out / TEACHER_FILE) as arrays:
         cached = arrays["probs"]
     ensemble = load_ensemble(expand_members(str(cv_run)))
     expected = model_probs(ensemble, torch.as_tensor(data.images[train_idx]).unsqueeze(1), 256).numpy()
-    # the same float32 model, another batch split (kernels may block the ~10^5-term dot products otherwise):
-    # as above, a few float32 eps (1.2e-7) of the unit-scale probabilities
+    # the same float32 model, another batch split and memory format (the cache is computed channels_last, as
+    # the run trains; kernels block the ~10^5-term dot products otherwise): as above, a few float32 eps
+    # (1.2e-7) of the unit-scale probabilities
     np.testing.assert_allclose(cached, expected, atol=1e-5)
     config = json.loads((out / "run.json").read_text())["config"]
     assert config["teacher"] == str(cv_run) and config["distill_weight"] == 0.7
     private = json.loads((out / "private_test.json").read_text())
     assert private["images"] == PRIVATE and private["scored"] == [str(out / "best")]
     stamp = (out / TEACHER_FILE).stat().st_mtime_ns
-    _run([*args, "--resume", "auto"])
+    again = _run([*args, "--resume", "auto"])
     assert (out / TEACHER_FILE).stat().st_mtime_ns == stamp  # computed once, read back
+    assert f"teacher: probabilities read from {out / TEACHER_FILE}" in again.stderr
 
 
 def test_distillation_loss_is_hinton_kd():
