@@ -1,8 +1,8 @@
 """Run an iterator one step ahead in a background thread: parse the next CSV chunk while onnxruntime predicts
 the current one.
 
-Both sides spend their time in C++ that releases the GIL (pyarrow's CSV reader, onnxruntime's session), so
-on two cores a thread overlaps them: at 1M rows, reading and validating was 30% of `infer` and ran strictly
+Both sides spend their time in native code that releases the GIL (the compiled plain-row parser or pyarrow's
+CSV reader, onnxruntime's session), so on two cores a thread overlaps them: at 1M rows, reading and validating was 30% of `infer` and ran strictly
 before each chunk's inference. The queue is bounded, so memory stays a few chunks whatever the file's size.
 
 Items and errors come out in the source's order: an exception the source raises is re-raised by the
