@@ -28,6 +28,7 @@ from fashiondist.engine.distill import add_distillation, split_targets
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.mixing import MixSettings, hard_labels
 from fashiondist.engine.schedule import lr_at
+from fashiondist.engine.allocator import keep_freed_memory
 from fashiondist.engine.switches import describe_speed_switches
 from fashiondist.models.registry import create_model
 
@@ -185,7 +186,8 @@ def prepare_training(
     model, optimizer = acc.prepare(model, build_optimizer(cfg, model))
     acc.gradient_accumulation_steps = cfg.grad_accum
     acc.step = 0  # accelerate's micro-step counter: the first window starts on a boundary
-    training = PreparedTraining(cfg, acc, model, optimizer, batches, None, describe_speed_switches(acc))
+    switches = f"{describe_speed_switches(acc)}; {keep_freed_memory()}"  # before the first step allocates
+    training = PreparedTraining(cfg, acc, model, optimizer, batches, None, switches)
     if cfg.ema > 0:
         training.ema = Ema(training.raw_model, cfg.ema)
     return training
