@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from fashiondist.config import Optimizer, TrainConfig
+from fashiondist.engine.allocator import keep_freed_memory
 from fashiondist.engine.batches import BatchLayout, TrainBatches
 from fashiondist.engine.batchnorm import convert_sync_batchnorm
 from fashiondist.engine.distill import add_distillation, split_targets
@@ -185,7 +186,8 @@ def prepare_training(
     model, optimizer = acc.prepare(model, build_optimizer(cfg, model))
     acc.gradient_accumulation_steps = cfg.grad_accum
     acc.step = 0  # accelerate's micro-step counter: the first window starts on a boundary
-    training = PreparedTraining(cfg, acc, model, optimizer, batches, None, describe_speed_switches(acc))
+    switches = f"{describe_speed_switches(acc)}; {keep_freed_memory()}"  # before the first step allocates
+    training = PreparedTraining(cfg, acc, model, optimizer, batches, None, switches)
     if cfg.ema > 0:
         training.ema = Ema(training.raw_model, cfg.ema)
     return training
