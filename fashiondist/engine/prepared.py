@@ -38,7 +38,7 @@ _STEP_SEED_STRIDE = 1_000_003
 _SLOTS = 4096
 
 
-def seed_micro_batch(seed: int, step: int, slot: int) -> None:
+def seed_micro_batch(seed: int, step: int, slot: int, device: torch.device) -> None:
     """Seed dropout for micro-batch `slot` of optimizer step `step` (its place in the global batch, which
     `TrainBatches` splits as [grad_accum, world, per_device]: slot = micro x world + rank).
 
@@ -48,7 +48,14 @@ def seed_micro_batch(seed: int, step: int, slot: int) -> None:
     up to floating-point summation order. A layout with another per-device batch draws other masks (and
     BatchNorm normalises over other batches): the same training distribution, not the same trajectory.
     """
-    torch.manual_seed((seed * _STEP_SEED_STRIDE + step) * _SLOTS + slot)
+    value = (seed * _STEP_SEED_STRIDE + step) * _SLOTS + slot
+    if device.type == "cpu":
+        # The CPU generator alone, the one CPU dropout draws from: torch.manual_seed also queues a seeding of
+        # every CUDA device in a CUDA build of torch (one more closure per call while CUDA is not initialised)
+        # and costs 130 us a call here against 1.4 us (~1% of a 14 ms cnn-dropout step).
+        torch.default_generator.manual_seed(value)
+    else:
+        torch.manual_seed(value)
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -121,7 +128,7 @@ class PreparedTraining:
         """
         cfg, acc = self.cfg, self.acc
         for micro in range(cfg.grad_accum):
-            seed_micro_batch(cfg.seed, step, micro * acc.num_processes + acc.process_index)
+            seed_micro_batch(cfg.seed, step, micro * acc.num_processes + acc.process_index, acc.device)
             x, y = next(micro_batches)
             loss, logits = self._micro_step(x, y, step)
             tally.add(loss, logits, y)
