@@ -165,3 +165,18 @@ def test_the_compiled_parser_is_loaded_only_for_a_file_worth_it(tmp_path, gzippe
         ):
             read_competition_csv(path)
         assert load.called == asked, (threshold, size)
+
+
+@pytest.mark.shared_data
+def test_the_real_training_set_as_a_csv_reads_through_the_compiled_parser(shared_data, tmp_path):
+    """All 60,000 labelled Fashion-MNIST images as a train.csv (~130 MB, over WORTH_LOADING_BYTES): every
+    segment read by the compiled parser (pyarrow made to fail), identical to the IDX files."""
+    train = load_data(str(shared_data))
+    path = tmp_path / "train.csv"
+    write_competition_csv(path, np.arange(1, len(train.images) + 1), train.images, train.labels)
+    assert path.stat().st_size >= plaincsv.WORTH_LOADING_BYTES
+    with mock.patch.object(csvio.pacsv, "read_csv", side_effect=AssertionError("pyarrow was used")):
+        table = read_competition_csv(path)
+    np.testing.assert_array_equal(table.images, train.images)
+    np.testing.assert_array_equal(table.labels, train.labels)
+    np.testing.assert_array_equal(table.ids, np.arange(1, len(train.images) + 1))
