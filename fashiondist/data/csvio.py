@@ -3,13 +3,13 @@
 Pixels are read by position, never by name: the competition's train file named them 1..784 and its test
 file 0..783. We write the same names, so a round trip through our own files proves the reader ignores them.
 
-Reading has three speeds. The file is read a segment of whole lines at a time. A segment of plain rows (digits
-and commas only, the common case) of a file over 48 MB goes to a compiled loop (data/plaincsv.py: 100,000 rows
-in 0.5 s on one core); any other segment to pyarrow's C++ CSV reader with strict column types (Id and Label int64, pixels
-uint8: an empty, NaN, fractional or out-of-range pixel fails the conversion; 3.4 s for the same rows on one
-core). Both give the same arrays for a plain segment; the segments' tables are re-cut into chunks of rows.
-Only when pyarrow refuses a segment do we re-read from the current chunk line by line in Python, to name the
-exact line and column its message lacks. Duplicate Ids and labels
+Reading has three speeds. The file is read a segment of whole lines at a time. A segment of plain rows
+(digits and commas only, the common case) of a file over 48 MB goes to a compiled loop (data/plaincsv.py:
+100,000 rows in 0.5 s on one core); any other segment to pyarrow's C++ CSV reader with strict column types
+(Id and Label int64, pixels uint8: an empty, NaN, fractional or out-of-range pixel fails the conversion;
+3.4 s for the same rows on one core). Both give the same arrays for a plain segment; the segments' tables
+are re-cut into chunks of rows. Only when pyarrow refuses a segment do we re-read from the current chunk
+line by line in Python, to name the exact line and column its message lacks. Duplicate Ids and labels
 outside 0..K-1 are checked on the parsed arrays, across chunks.
 
 Line numbers are what an editor shows: the header is line 1, the first data row line 2. pyarrow is told not

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fashiondist.constants import NUM_PIXELS
+from fashiondist.constants import NUM_PIXELS, PIXEL_MAX
 
 # The shortest row: the Id's one digit, then 784 x (comma, one digit), then `\\n`; the Label adds 2.
 _SHORTEST_ROW = 1 + 2 * NUM_PIXELS + 1
@@ -96,7 +96,7 @@ def _parse_rows(
                 ids[row] = value
             else:
                 labels[row] = value
-        for j in range(NUM_PIXELS):  # 1-3 digits, no leading zero, <= 255; a comma, or the line end
+        for j in range(NUM_PIXELS):  # 1-3 digits, no leading zero, <= PIXEL_MAX; a comma, or the line end
             if i >= end or not 48 <= data[i] <= 57:
                 return -1
             pixel = data[i] - 48
@@ -109,7 +109,7 @@ def _parse_rows(
                 if i < end and 48 <= data[i] <= 57:
                     pixel = pixel * 10 + (data[i] - 48)
                     i += 1
-                    if pixel > 255:
+                    if pixel > PIXEL_MAX:
                         return -1
             pixels[row, j] = pixel
             if j < NUM_PIXELS - 1:

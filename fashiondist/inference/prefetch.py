@@ -2,8 +2,8 @@
 the current one.
 
 Both sides spend their time in native code that releases the GIL (the compiled plain-row parser or pyarrow's
-CSV reader, onnxruntime's session), so on two cores a thread overlaps them: at 1M rows, reading and validating was 30% of `infer` and ran strictly
-before each chunk's inference. The queue is bounded, so memory stays a few chunks whatever the file's size.
+CSV reader, onnxruntime's session), so on two cores a thread overlaps them: at 1M rows, reading and
+validating was 30% of `infer` and ran strictly before each chunk's inference. The queue is bounded, so memory stays a few chunks whatever the file's size.
 
 Items and errors come out in the source's order: an exception the source raises is re-raised by the
 consumer when it reaches that position, after every item before it, exactly as iterating the source
