@@ -4,8 +4,8 @@ Pixels are read by position, never by name: the competition's train file named t
 file 0..783. We write the same names, so a round trip through our own files proves the reader ignores them.
 
 Reading has three speeds. The file is read a segment of whole lines at a time. A segment of plain rows
-(digits and commas only, the common case) of a file over 48 MB goes to a compiled loop (data/plaincsv.py:
-100,000 rows in 0.5 s on one core); any other segment to pyarrow's C++ CSV reader with strict column types
+(digits and commas only, the common case) goes to a loop in C (data/plaincsv.py: 100,000 rows in ~0.3 s
+on one core); any other segment to pyarrow's C++ CSV reader with strict column types
 (Id and Label int64, pixels uint8: an empty, NaN, fractional or out-of-range pixel fails the conversion;
 3.4 s for the same rows on one core). Both give the same arrays for a plain segment; the segments' tables
 are re-cut into chunks of rows. Only when pyarrow refuses a segment do we re-read from the current chunk
@@ -590,8 +590,7 @@ def _refuse_hex(data: bytes, start: int, end: int) -> None:
 def _segment_tables(layout: _Layout) -> Iterator[CsvTable]:
     """The file's rows, one CsvTable per segment: plain rows by the compiled parser (data/plaincsv.py) when the
     file is worth loading it for, any other segment by pyarrow (which raises pa.ArrowInvalid for a bad one)."""
-    big = _data_bytes(layout) >= plaincsv.WORTH_LOADING_BYTES
-    parse_plain = plaincsv.plain_parser() if big else None
+    parse_plain = plaincsv.plain_parser()
     options = _arrow_options(layout)
     for segment in _segments(layout, _PLAIN_SEGMENT_BYTES if parse_plain is not None else _SEGMENT_BYTES):
         plain = parse_plain(segment, layout.labelled) if parse_plain is not None else None
@@ -600,19 +599,6 @@ def _segment_tables(layout: _Layout) -> Iterator[CsvTable]:
             yield CsvTable(ids, pixels.reshape(-1, IMAGE_HEIGHT, IMAGE_WIDTH), labels)
         else:
             yield _to_csv_table(pacsv.read_csv(pa.BufferReader(segment), **options), layout)
-
-
-def _data_bytes(layout: _Layout) -> int:
-    """The file's size in bytes, uncompressed: a gzip file's trailer holds it (modulo 4 GiB)."""
-    size = layout.source.stat().st_size
-    if layout.gzipped:
-        try:
-            with layout.source.open("rb") as f:
-                f.seek(-4, os.SEEK_END)
-                size = max(size, int.from_bytes(f.read(4), "little"))
-        except OSError:  # shorter than a trailer: a damaged file, which the reader reports
-            pass
-    return size
 
 
 def _recut(tables: Iterator[CsvTable], chunk_rows: int) -> Iterator[CsvTable]:
