@@ -58,6 +58,7 @@ def diagnose() -> dict[str, Any]:
         "distributed": _distributed(bool(gpus)),
         "versions": {name: package_version(name) for name in _PACKAGES},
         "onnxruntime_providers": _ort_providers(),
+        "csv_reader": _csv_reader(),
         "accelerate_config": _accelerate_config(),
         "precision_auto": {"precision": choice.precision, "reason": choice.reason},
         "recipe": _recipe(bool(gpus), cpu.native_bf16),
@@ -72,6 +73,19 @@ def _distributed(gpu: bool) -> dict[str, bool]:
         return {"available": False, "nccl": False, "nccl_usable": False, "gloo": False}
     nccl = dist.is_nccl_available()
     return {"available": True, "nccl": nccl, "nccl_usable": nccl and gpu, "gloo": dist.is_gloo_available()}
+
+
+def _csv_reader() -> dict[str, Any]:
+    """Whether the plain-row CSV loop in C was built at install (else pyarrow reads every CSV, ~7x slower)."""
+    from fashiondist.data.plaincsv import plain_parser
+
+    compiled = plain_parser() is not None
+    return {
+        "compiled": compiled,
+        "note": "plain rows by the C loop, others by pyarrow"
+        if compiled
+        else "pyarrow only: the C extension was not built (no C compiler at install); reinstall with one",
+    }
 
 
 def _tiny_model() -> bytes:
@@ -211,6 +225,8 @@ def _print_tables(report: dict[str, Any]) -> None:
     usable = Text(", ").join(Text.assemble(f"{k} ", _yes(v)) for k, v in ort["usable"].items())
     problems = "".join(f"\n{k}: {v}" for k, v in ort["problems"].items())
     table.add_row("onnxruntime", Text.assemble("usable: ", usable, problems))
+    reader = report["csv_reader"]
+    table.add_row("CSV reader", Text.assemble("compiled: ", _yes(reader["compiled"]), f" ({reader['note']})"))
     acc = report["accelerate_config"]
     config = f"{acc['default_config_file']} ({'present' if acc['exists'] else 'none'})"
     if acc.get("settings"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -37,8 +38,8 @@ def test_doctor_json_describes_this_machine(
         monkeypatch.delenv(name, raising=False)
     report = _doctor_json(capsys)
     assert set(report) == {
-        "cpu", "gpus", "cuda", "distributed", "versions", "onnxruntime_providers", "accelerate_config",
-        "precision_auto", "recipe",
+        "cpu", "gpus", "cuda", "distributed", "versions", "onnxruntime_providers", "csv_reader",
+        "accelerate_config", "precision_auto", "recipe",
     }  # fmt: skip
     flags, cpu = _cpuinfo_flags(), report["cpu"]
     assert cpu["isa"] == {flag: flag in flags for flag in cpu["isa"]}
@@ -47,6 +48,9 @@ def test_doctor_json_describes_this_machine(
     assert report["versions"]["torch"] and report["versions"]["onnxruntime"]
     assert report["onnxruntime_providers"]["usable"]["cpu"] is True
     assert report["distributed"]["gloo"] is True
+    assert report["csv_reader"]["compiled"] == (
+        importlib.util.find_spec("fashiondist.data._plainrows") is not None
+    )
     auto = report["precision_auto"]
     if not report["gpus"]:
         assert auto["precision"] == ("bf16" if cpu["native_bf16"] else "no")
