@@ -4,7 +4,7 @@ Pixels are read by position, never by name: the competition's train file named t
 file 0..783. We write the same names, so a round trip through our own files proves the reader ignores them.
 
 Reading has three speeds. The file is read a segment of whole lines at a time. A segment of plain rows
-(digits and commas only, the common case) goes to a loop in C (data/plaincsv.py: 100,000 rows in ~0.3 s
+(digits and commas only, the common case) goes to a loop in C (data/plaincsv.py: 100,000 rows in ~0.35 s
 on one core); any other segment to pyarrow's C++ CSV reader with strict column types
 (Id and Label int64, pixels uint8: an empty, NaN, fractional or out-of-range pixel fails the conversion;
 3.4 s for the same rows on one core). Both give the same arrays for a plain segment; the segments' tables
@@ -588,8 +588,9 @@ def _refuse_hex(data: bytes, start: int, end: int) -> None:
 
 
 def _segment_tables(layout: _Layout) -> Iterator[CsvTable]:
-    """The file's rows, one CsvTable per segment: plain rows by the compiled parser (data/plaincsv.py) when the
-    file is worth loading it for, any other segment by pyarrow (which raises pa.ArrowInvalid for a bad one)."""
+    """The file's rows, one CsvTable per segment: a segment of plain rows by the compiled parser
+    (data/plaincsv.py) where it was built, any other segment by pyarrow (which raises pa.ArrowInvalid for a
+    bad one)."""
     parse_plain = plaincsv.plain_parser()
     options = _arrow_options(layout)
     for segment in _segments(layout, _PLAIN_SEGMENT_BYTES if parse_plain is not None else _SEGMENT_BYTES):
