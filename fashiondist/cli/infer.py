@@ -146,6 +146,8 @@ def _describe(model, threads: int | None) -> str:
         f"{threads} threads (--threads)" if threads else f"{default_threads()} threads (one per usable CPU)"
     )
     where = f"{model.provider}, {count}"
+    if model.runs > 1:
+        where += f", {model.runs} batches at a time"
     return f"model {model.model_name} ({', '.join(facts)}) ran on {where}"
 
 

@@ -6,7 +6,9 @@ whatever the number of rows, and every row is validated exactly as training data
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -46,13 +48,19 @@ def predict_proba(model: ModelSession, images: np.ndarray, batch_size: int = INF
 
 
 def _predict(model: ModelSession, images: np.ndarray, batch_size: int) -> np.ndarray:
+    pixels = _pixels(images)
+    out = np.empty((len(pixels), model.num_classes), dtype=np.float32)
+    starts = range(0, len(pixels), batch_size)
+    batches = (pixels[start : start + batch_size] for start in starts)
+    for start, probs in zip(starts, model.predict_batches(batches), strict=True):
+        out[start : start + batch_size] = probs
+    return out
+
+
+def _pixels(images: np.ndarray) -> np.ndarray:
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 on the 0..255 scale, got {images.dtype}")
-    pixels = np.ascontiguousarray(images).reshape(-1, *IMAGE_SHAPE)  # [N, 28, 28] -> [N, 1, 28, 28], a view
-    out = np.empty((len(pixels), model.num_classes), dtype=np.float32)
-    for start in range(0, len(pixels), batch_size):
-        out[start : start + batch_size] = model.predict_proba(pixels[start : start + batch_size])
-    return out
+    return np.ascontiguousarray(images).reshape(-1, *IMAGE_SHAPE)  # [N, 28, 28] -> [N, 1, 28, 28], a view
 
 
 def _refuse_non_finite(model: ModelSession, probs: np.ndarray, where: Callable[[int], str]) -> None:
@@ -76,15 +84,41 @@ def predict_csv(
     """Stream a competition CSV (testX.csv or train.csv): one ChunkPrediction per chunk, in file order.
 
     The next chunks are read and validated in a background thread while the model predicts this one
-    (`prefetched`). A malformed row raises the data layer's CsvError (file, line, column) when its chunk is
-    reached, after every chunk before it; a row the model outputs NaN or infinity for, an InputError naming
-    its line.
+    (`prefetched`), and the batches of consecutive chunks flow to the model as one stream, so its parallel
+    runs never wait for a chunk's last batch. A malformed row raises the data layer's CsvError (file, line,
+    column) when its chunk is reached, after every chunk before it; a row the model outputs NaN or infinity
+    for, an InputError naming its line.
     """
-    line = 2  # editor line of the chunk's first row (the header is line 1)
-    for table in prefetched(iter_csv_chunks(csv_path, chunk_rows=chunk_rows), PREFETCH_CHUNKS):
-        probs = _predict(model, table.images, batch_size)
-        _refuse_non_finite(model, probs, lambda row, first=line: f"{csv_path}, line {first + row}")
-        if on_rows is not None:
-            on_rows(len(table.ids))
-        yield ChunkPrediction(table.ids, probs, table.labels)
-        line += len(table)
+    chunks: deque = deque()  # (table, its probabilities, how many rows of them are filled), in file order
+
+    def batches() -> Iterator[np.ndarray]:
+        with contextlib.closing(
+            prefetched(iter_csv_chunks(csv_path, chunk_rows=chunk_rows), PREFETCH_CHUNKS)
+        ) as tables:
+            for table in tables:
+                pixels = _pixels(table.images)
+                chunks.append([table, np.empty((len(pixels), model.num_classes), dtype=np.float32), 0])
+                for start in range(0, len(pixels), batch_size):
+                    yield pixels[start : start + batch_size]
+
+    line = 2  # editor line of the first row of the chunk at the front (the header is line 1)
+
+    def finished() -> Iterator[ChunkPrediction]:
+        nonlocal line
+        while chunks and chunks[0][2] == len(chunks[0][0]):
+            table, probs, _ = chunks.popleft()
+            _refuse_non_finite(model, probs, lambda row, first=line: f"{csv_path}, line {first + row}")
+            if on_rows is not None:
+                on_rows(len(table.ids))
+            yield ChunkPrediction(table.ids, probs, table.labels)
+            line += len(table)
+
+    results = model.predict_batches(batches())
+    with contextlib.closing(results):
+        for probs in results:
+            yield from finished()  # a chunk of no rows ahead of this batch's
+            chunk = next(c for c in chunks if c[2] < len(c[0]))
+            chunk[1][chunk[2] : chunk[2] + len(probs)] = probs
+            chunk[2] += len(probs)
+            yield from finished()
+    yield from finished()

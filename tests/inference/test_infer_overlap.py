@@ -28,11 +28,13 @@ def _left_running() -> list[threading.Thread]:
     return _readers()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 def test_a_bad_row_raises_after_every_chunk_before_it(
-    onnx_model: Path, sample_test_csv: Path, tmp_path: Path
+    onnx_model: Path, sample_test_csv: Path, tmp_path: Path, threads: int
 ):
     """Line 300 repeats line 5's Id: the four 64-row chunks before it (lines 2..257) come out first, then
-    its error, exactly as when the chunks are read in the caller's thread."""
+    its error, exactly as when the chunks are read in the caller's thread (and with batches in flight on
+    two parallel runs)."""
     import gzip
 
     lines = gzip.decompress(sample_test_csv.read_bytes()).decode().splitlines()
@@ -41,7 +43,7 @@ def test_a_bad_row_raises_after_every_chunk_before_it(
     lines[299] = ",".join(cells)
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
-    model = open_session(onnx_model, "cpu", threads=1)
+    model = open_session(onnx_model, "cpu", threads=threads)
     seen = []
     message = rf"bad\.csv, line 300, column 'Id': duplicate Id {cells[0]} \(first on line 5\)$"
     with pytest.raises(CsvError, match=message):
@@ -52,8 +54,9 @@ def test_a_bad_row_raises_after_every_chunk_before_it(
     assert not _left_running()
 
 
-def test_stopping_early_stops_the_reader(onnx_model: Path, sample_test_csv: Path):
-    model = open_session(onnx_model, "cpu", threads=1)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stopping_early_stops_the_reader(onnx_model: Path, sample_test_csv: Path, threads: int):
+    model = open_session(onnx_model, "cpu", threads=threads)
     chunks = predict_csv(model, sample_test_csv, chunk_rows=16)
     next(chunks)
     assert len(_readers()) == 1  # reading ahead while the caller holds the first chunk
