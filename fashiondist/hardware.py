@@ -21,7 +21,6 @@ doctor command, the trainer's precision and a run's record of its machine all re
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import sys
@@ -346,6 +345,8 @@ def package_version(package: str) -> str | None:
     and images), `onnxruntime-openvino`, ... so a name with no distribution of its own is looked up among the
     distributions that provide a top-level module of that name.
     """
+    import importlib.metadata  # here, not at the top: `infer` imports this module and never needs it (~20 ms)
+
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
