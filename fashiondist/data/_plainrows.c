@@ -17,10 +17,14 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 #define NUM_PIXELS 784      /* constants.NUM_PIXELS (the module exports both; a test holds them equal) */
 #define PIXEL_MAX 255       /* constants.PIXEL_MAX */
 #define MAX_KEY_DIGITS 18   /* 10**18 - 1 fits int64; a longer Id or Label goes to pyarrow, which range-checks */
+
+#define ZEROS 4 /* background cells taken at once (best of 2, 4, 8; 100,000 rows: 0.261 s against 0.266-0.302 without) */
+static const char ZERO_CELLS[] = "0,0,0,0,";
 
 #define DIGIT(c) ((unsigned)(c) - '0') /* 0..9 for a digit, > 9 for any other byte */
 
@@ -52,6 +56,12 @@ static Py_ssize_t parse(const uint8_t *data, Py_ssize_t end, int labelled, int64
         uint8_t *out = pixels + row * NUM_PIXELS;
         for (int j = 0; j < NUM_PIXELS; j++) { /* 1-3 digits, no leading zero, <= PIXEL_MAX */
             unsigned pixel, digit;
+            /* Four background pixels at once: `0,0,0,0,` is 8 bytes, each cell a lone 0 and its comma. */
+            while (j + ZEROS < NUM_PIXELS && end - i >= 2 * ZEROS && memcmp(data + i, ZERO_CELLS, 2 * ZEROS) == 0) {
+                memset(out + j, 0, ZEROS);
+                j += ZEROS;
+                i += 2 * ZEROS;
+            }
             if (i >= end || (pixel = DIGIT(data[i])) > 9)
                 return -1;
             i++;
