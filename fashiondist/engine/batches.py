@@ -38,17 +38,18 @@ class AugmentPlan:
     flip: torch.Tensor  # bool [N]
     dy: torch.Tensor  # int64 [N], translation in pixels, in [-shift, shift]
     dx: torch.Tensor  # int64 [N]
-    erase_box: torch.Tensor  # int64 [N, 4]: y0, x0, y1, x1; an empty box (y0 == y1) erases nothing
+    # int64 [N, 4]: y0, x0, y1, x1; an empty box (y0 == y1) erases nothing. None: no erasing this run (the
+    # recipes' default), and apply_augment skips the mask (a quarter of its time, 0 bytes changed)
+    erase_box: torch.Tensor | None
 
-    def take(self, positions: slice) -> AugmentPlan:
-        return AugmentPlan(
-            self.flip[positions], self.dy[positions], self.dx[positions], self.erase_box[positions]
-        )
+    def take(self, positions: slice | torch.Tensor) -> AugmentPlan:
+        box = None if self.erase_box is None else self.erase_box[positions]
+        return AugmentPlan(self.flip[positions], self.dy[positions], self.dx[positions], box)
 
     def to(self, device: torch.device) -> AugmentPlan:
-        return AugmentPlan(
-            *(t.to(device, non_blocking=True) for t in (self.flip, self.dy, self.dx, self.erase_box))
-        )
+        flip, dy, dx = (t.to(device, non_blocking=True) for t in (self.flip, self.dy, self.dx))
+        box = None if self.erase_box is None else self.erase_box.to(device, non_blocking=True)
+        return AugmentPlan(flip, dy, dx, box)
 
 
 def draw_augment_plan(
@@ -61,7 +62,7 @@ def draw_augment_plan(
         dx = torch.randint(-shift, shift + 1, (n,), generator=generator)
     else:
         dy = dx = torch.zeros(n, dtype=torch.int64)
-    box = torch.zeros(n, 4, dtype=torch.int64)
+    box = None
     if erase > 0:
         # Random erasing: a box of 1/16 to 1/4 of the image side squared, anywhere, with probability `erase`.
         apply = torch.rand(n, generator=generator) < erase
@@ -93,6 +94,8 @@ def apply_augment(images: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
     padded = F.pad(images[:, 0], (0, 1, 0, 1))  # [B, H + 1, W + 1], zero last row and column
     out = torch.gather(padded, 1, src_rows[:, :, None].expand(b, h, w + 1))  # [B, H, W + 1]
     out = torch.gather(out, 2, src_cols[:, None, :].expand(b, h, w))  # [B, H, W]
+    if plan.erase_box is None:
+        return out[:, None]  # [B, 1, H, W]
     y0, x0, y1, x1 = plan.erase_box.unbind(1)
     erased = ((rows[None, :] >= y0[:, None]) & (rows[None, :] < y1[:, None]))[:, :, None] & (
         (cols[None, :] >= x0[:, None]) & (cols[None, :] < x1[:, None])

@@ -49,11 +49,25 @@ def test_augment_matches_per_image_reference(sample_images):
         assert torch.equal(out[i, 0], expected), f"image {i}"
 
 
-def test_identity_plan_leaves_images_alone(sample_images):
+@pytest.mark.parametrize("box", [torch.zeros(8, 4, dtype=torch.int64), None])
+def test_identity_plan_leaves_images_alone(sample_images, box):
     images = torch.tensor(sample_images[:8]).unsqueeze(1)
     zeros = torch.zeros(8, dtype=torch.int64)
-    plan = AugmentPlan(torch.zeros(8, dtype=torch.bool), zeros, zeros, torch.zeros(8, 4, dtype=torch.int64))
+    plan = AugmentPlan(torch.zeros(8, dtype=torch.bool), zeros, zeros, box)
     assert torch.equal(apply_augment(images, plan), images)
+
+
+def test_no_erasing_draws_no_boxes_and_matches_the_reference(sample_images):
+    """erase 0 (the recipes' default): no boxes drawn, the mask skipped; flip and shift as the reference has them."""
+    images = torch.tensor(sample_images[:16]).unsqueeze(1)
+    plan = draw_augment_plan(16, epoch_generator(3, 1), flip=True, shift=2, erase=0.0)
+    assert plan.erase_box is None and plan.take(slice(2, 6)).erase_box is None
+    out = apply_augment(images, plan)
+    for i in range(16):
+        reference = _reference_augment(
+            images[i, 0], bool(plan.flip[i]), int(plan.dy[i]), int(plan.dx[i]), (0,) * 4
+        )
+        assert torch.equal(out[i, 0], reference), f"image {i}"
 
 
 def _epoch_batches(images, labels, global_batch, accum, world, rank, epoch=0):
