@@ -1,7 +1,8 @@
 """Benchmark output: rich tables on stdout and one JSON file, written atomically.
 
 Table cells show the median over the repeats with the min-max on a second line: `12,345` over
-`11,900-12,600` for images/s, `1.23x` over `1.10-1.30` for ratios.
+`11,900-12,600` for images/s, `1.23x` over `1.10-1.30` for ratios, and for a ratio a third line, `best
+1.31x`: each side's fastest repeat against the other's (stats.Stat.best).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def _fmt(stat: Stat | None, number: str, suffix: str = "") -> str:
     median = f"{stat.median:{number}}{suffix}"
     if len(stat.samples) == 1:
         return median
-    return f"{median}\n{stat.min:{number}}-{stat.max:{number}}"
+    best = "" if stat.best is None else f"\nbest {stat.best:{number}}{suffix}"
+    return f"{median}\n{stat.min:{number}}-{stat.max:{number}}{best}"
 
 
 def fmt_rate(stat: Stat | None) -> str:

@@ -3,7 +3,8 @@
     order = rotation(["engine", "bare_step"], repeat)     # a different variant goes first in each repeat
     seconds = timed(step, calls=50, device=device)        # synchronised before and after on a GPU
     stat = Stat.of(per_repeat_images_per_s)               # median, min, max of the repeats
-    speedup = Stat.ratio(engine_samples, bare_samples)    # paired per repeat, then the median
+    speedup = Stat.ratio(engine_samples, bare_samples)    # paired per repeat, then the median; and `best`:
+                                                          # each side's fastest repeat against the other's
 
 Torch-free to import (the inference benchmark's end-to-end part needs none); `synchronize` imports it lazily.
 """
@@ -23,19 +24,32 @@ class Stat:
     """One measured quantity over repeats (images/s, seconds or a ratio)."""
 
     samples: tuple[float, ...]
+    # A ratio's other estimate: the numerator's fastest repeat over the denominator's (`ratio`). On a shared
+    # machine the noise only ever slows a repeat down, so each side's fastest repeat is its least disturbed;
+    # a paired ratio is hostage to which of the two a slow spell hit.
+    best: float | None = None
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> Stat:
+    def of(cls, values: Sequence[float], best: float | None = None) -> Stat:
         if not values:
             raise ValueError("a Stat needs at least one sample")
-        return cls(tuple(float(v) for v in values))
+        return cls(tuple(float(v) for v in values), None if best is None else float(best))
 
     @classmethod
-    def ratio(cls, numerators: Sequence[float], denominators: Sequence[float]) -> Stat:
-        """Per-repeat ratios of two series measured side by side (repeat i of one against repeat i of the other)."""
+    def ratio(
+        cls, numerators: Sequence[float], denominators: Sequence[float], fastest: Callable = max
+    ) -> Stat:
+        """Per-repeat ratios of two series measured side by side (repeat i of one against repeat i of the other),
+        and `best`: fastest(numerators) / fastest(denominators), `fastest` being max for rates, min for seconds."""
         if len(numerators) != len(denominators):
             raise ValueError(f"paired ratio of {len(numerators)} and {len(denominators)} samples")
-        return cls.of([n / d for n, d in zip(numerators, denominators, strict=True)])
+        paired = [n / d for n, d in zip(numerators, denominators, strict=True)]
+        return cls.of(paired, fastest(numerators) / fastest(denominators))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Stat:
+        """What `to_dict` wrote (a benchmark's JSON), back as a Stat."""
+        return cls.of(d["samples"], d.get("best"))
 
     @property
     def median(self) -> float:
@@ -50,7 +64,8 @@ class Stat:
         return max(self.samples)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"median": self.median, "min": self.min, "max": self.max, "samples": list(self.samples)}
+        out = {"median": self.median, "min": self.min, "max": self.max, "samples": list(self.samples)}
+        return out if self.best is None else {**out, "best": self.best}
 
 
 def rotation(names: Sequence[str], repeat: int) -> list[str]:

@@ -478,7 +478,8 @@ def train_tables(result: dict[str, Any], caption: str) -> list[Any]:
     others = [p for p in settings["pipelines"] if p not in (ENGINE, BARE)]
     table = Table(
         title=f"training images/s, batch {settings['batch_size']}, {settings['steps']} timed steps, "
-        f"median and min-max of {settings['repeats']} repeats on {settings['device']}",
+        f"median and min-max of {settings['repeats']} repeats on {settings['device']} (ratios: paired per "
+        "repeat, and best: each side's fastest repeat)",
         caption=caption,
     )
     names = {p: p.replace("dataloader_w", "DataLoader w").replace(KERAS, "Keras") for p in others}
@@ -516,7 +517,7 @@ def train_tables(result: dict[str, Any], caption: str) -> list[Any]:
 
 
 def _stat(d: dict[str, Any]) -> Stat:
-    return Stat.of(d["samples"])
+    return Stat.from_dict(d)
 
 
 if __name__ == "__main__":

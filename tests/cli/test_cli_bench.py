@@ -22,9 +22,11 @@ SAMPLE_TEST = SAMPLE_DIR / SAMPLE_TEST_CSV  # 1,000 unlabelled rows, gzipped
 
 
 def _positive_stat(stat: dict) -> None:
-    assert set(stat) == {"median", "min", "max", "samples"}
+    """A measured series (images/s, seconds), or a ratio of two with its `best` (each side's fastest repeat)."""
+    assert set(stat) - {"best"} == {"median", "min", "max", "samples"}
     assert stat["samples"] and all(math.isfinite(x) and x > 0 for x in stat["samples"])
     assert stat["min"] <= stat["median"] <= stat["max"]
+    assert math.isfinite(stat.get("best", 1.0)) and stat.get("best", 1.0) > 0
 
 
 def _machine(payload: dict) -> None:
