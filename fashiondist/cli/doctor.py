@@ -77,7 +77,7 @@ def _distributed(gpu: bool) -> dict[str, bool]:
 
 def _csv_reader() -> dict[str, Any]:
     """Whether the plain-row CSV loop in C was built at install (else pyarrow reads every CSV:
-    3.4 s of a core per 100,000 rows against ~0.35 s)."""
+    3.4 s of a core per 100,000 rows against ~0.3 s)."""
     from fashiondist.data.plaincsv import plain_parser
 
     compiled = plain_parser() is not None

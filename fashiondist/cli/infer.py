@@ -95,7 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=thread_count,
         default=None,
         metavar="N",
-        help="CPU threads for onnxruntime (default: one per CPU this process may use: affinity, cgroup quota)",
+        help="CPU threads for onnxruntime (default: one per CPU this process may use: affinity, cgroup quota); "
+        "on the CPU each thread runs its own batch, side by side (beyond 8 threads, 8 batches share them)",
     )
     parser.add_argument(
         "--probs", action="store_true", help="also write the class probabilities prob_0..prob_{K-1}"

@@ -9,8 +9,9 @@
  * hands the segment to pyarrow. The GIL is released during the loop, so the reader thread runs beside
  * onnxruntime's.
  *
- * Plain C, no SIMD: 100,000 rows (222 MB) take ~0.34 s of one core, and importing the module ~1 ms (numba,
- * which compiled the same loop before, cost ~0.5 s and ~130 MB per process before the first row). A
+ * Plain C, no SIMD: 100,000 rows (222 MB) take ~0.26-0.30 s of one core (runs of background cells,
+ * `0,0,0,0,`, are taken four at a time), and importing the module ~1 ms (numba, which compiled the same
+ * loop before, cost ~0.5 s and ~130 MB per process before the first row). A
  * branch-free cell loop (length and value from four bytes at once) measured 1.8x slower: on these images
  * the branches predict well (runs of `0,`), and it made each cell wait for the last one's length.
  */

@@ -4,7 +4,7 @@ Pixels are read by position, never by name: the competition's train file named t
 file 0..783. We write the same names, so a round trip through our own files proves the reader ignores them.
 
 Reading has three speeds. The file is read a segment of whole lines at a time. A segment of plain rows
-(digits and commas only, the common case) goes to a loop in C (data/plaincsv.py: 100,000 rows in ~0.35 s
+(digits and commas only, the common case) goes to a loop in C (data/plaincsv.py: 100,000 rows in ~0.3 s
 on one core); any other segment to pyarrow's C++ CSV reader with strict column types
 (Id and Label int64, pixels uint8: an empty, NaN, fractional or out-of-range pixel fails the conversion;
 3.4 s for the same rows on one core). Both give the same arrays for a plain segment; the segments' tables

@@ -4,7 +4,7 @@ A competition CSV is almost always `Id,Label,p0,...,p783` (or without Label) in 
 per `\\n` or `\\r\\n`. pyarrow's reader spends about 36 ns per cell on this shape (785 columns of 1-3 digit
 cells; 3.35 s for 100,000 rows on one core of a 2-core Intel Xeon), which is as long as onnxruntime takes to
 predict the images (`fashiondist infer` on 2 cores was 1.49x onnxruntime alone). A loop in C
-(`_plainrows.c`, built when the package is installed) reads the same rows in ~0.35 s and writes the pixels
+(`_plainrows.c`, built when the package is installed) reads the same rows in ~0.3 s and writes the pixels
 straight into a row-major [N, 784] array.
 
 It accepts only a subset of what pyarrow accepts, with the same values: Id and Label are 1-18 decimal digits
