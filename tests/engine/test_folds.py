@@ -129,7 +129,7 @@ def test_folds_export_as_one_graph_that_infer_serves(cv_run, tmp_path, sample_te
     images = load_data("sample").images[:50]
     got = predict_proba(open_model_bytes(out.read_bytes(), out), images)
     ensemble = load_ensemble(expand_members(str(cv_run))).double()
-    pixels = torch.as_tensor(images).unsqueeze(1)
+    pixels = torch.tensor(images).unsqueeze(1)  # a copy: the loaded sample arrays are read-only
     with torch.no_grad():
         expected = torch.stack([F.softmax(m(pixels), 1) for m in ensemble.members]).mean(0).numpy()
     # float32 through ~10^5-term dot products: a few float32 eps (1.2e-7) of the unit-scale probabilities
