@@ -35,15 +35,15 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from fashiondist.atomic_io import atomic_write
 from fashiondist.constants import (
@@ -56,6 +56,9 @@ from fashiondist.constants import (
 )
 from fashiondist.data import plaincsv
 from fashiondist.errors import CsvError, InputError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 TRAIN_COLUMNS = 2 + NUM_PIXELS  # Id, Label, 784 pixels
 TEST_COLUMNS = 1 + NUM_PIXELS  # Id, 784 pixels
@@ -226,7 +229,17 @@ def csv_is_labelled(path: str | Path) -> bool:
 # --- fast paths: the compiled plain-row parser, else pyarrow -----------------------------------------------
 
 
+def _arrow():
+    """(pyarrow, pyarrow.csv), imported at first use: a file whose every segment the C loop reads never needs
+    them (~40 ms of every `infer` start)."""
+    import pyarrow
+    import pyarrow.csv
+
+    return pyarrow, pyarrow.csv
+
+
 def _arrow_options(layout: _Layout) -> dict:
+    pa, pacsv = _arrow()
     names = [f"c{i}" for i in range(len(layout.names))]  # by position: header names may repeat or differ
     types = {name: pa.uint8() for name in names[layout.first_pixel :]}
     types[names[0]] = pa.int64()
@@ -514,7 +527,9 @@ def iter_csv_chunks(
     while True:
         try:
             table = next(tables, None)
-        except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as err:
+        except Exception as err:
+            if not _unreadable_segment(err):
+                raise
             # pyarrow refused a segment (or the gzip stream broke): search from the first unchecked row
             raise _locate(layout, line, ledger, err) from None
         if table is None:
@@ -524,6 +539,15 @@ def iter_csv_chunks(
         line += len(table)
     if line == 2:  # the header saw a line after it, the reader none: never report a run over 0 rows
         raise CsvError(layout.path, 2, None, "no data rows after the header")
+
+
+def _unreadable_segment(err: Exception) -> bool:
+    """Whether `err` is pyarrow refusing a segment (ArrowInvalid; pyarrow is loaded once a segment went to it)
+    or the gzip stream breaking: then the exact re-read names the first bad line."""
+    if isinstance(err, OSError | EOFError | zlib.error):
+        return True
+    arrow = sys.modules.get("pyarrow")
+    return arrow is not None and isinstance(err, arrow.ArrowInvalid)
 
 
 def _first_line_end(data: bytes, final: bool) -> int | None:
@@ -548,8 +572,9 @@ def _last_line_end(data: bytes, start: int) -> int:
     return max(data.rfind(b"\n", start), data.rfind(b"\r", start, len(data) - 1)) + 1
 
 
-def _segments(layout: _Layout, segment_bytes: int) -> Iterator[bytes | memoryview]:
-    """The data rows (header skipped) as byte strings of about `segment_bytes`, each cut after a line end.
+def _segments(layout: _Layout, segment_bytes: int) -> Iterator[tuple[bytes, int, int]]:
+    """The data rows (header skipped) as (data, start, end): data[start:end] holds about `segment_bytes` of
+    whole lines, cut after a line end (the caller takes a memoryview of it: no copy).
 
     Line ends are `\\n`, `\\r\\n` or `\\r`, as for the header (text-mode readline) and pyarrow; a cut never
     splits a `\\r\\n`. The last segment ends where the file does, with or without a final line end; a
@@ -567,24 +592,22 @@ def _segments(layout: _Layout, segment_bytes: int) -> Iterator[bytes | memoryvie
                     continue
             cut = _last_line_end(data, start)
             if cut > start:
-                _refuse_hex(data, start, cut)
-                yield memoryview(data)[start:cut]  # no copy
+                yield data, start, cut
                 pending, start = data[cut:], 0
             else:
                 pending = data
         if start is None:
             start = _first_line_end(pending, final=True) or len(pending)
         if len(pending) > start:
-            _refuse_hex(pending, start, len(pending))
-            yield memoryview(pending)[start:]
+            yield pending, start, len(pending)
 
 
 def _refuse_hex(data: bytes, start: int, end: int) -> None:
-    """pa.ArrowInvalid when data[start:end] holds an `x` or `X`: pyarrow would read `0x10` as 16, while a cell
-    of a competition CSV is a decimal integer. The exact re-read then names the cell (two memchr scans: ~5 ms
-    for a 16 MB segment, against ~0.1 s to parse it)."""
+    """pyarrow's ArrowInvalid when data[start:end] holds an `x` or `X`: pyarrow would read `0x10` as 16, while a
+    cell of a competition CSV is a decimal integer. The exact re-read then names the cell (two memchr scans:
+    ~5 ms for a 16 MB segment, against ~0.25 s for pyarrow to parse it; the C loop refuses an `x` itself)."""
     if data.find(b"x", start, end) >= 0 or data.find(b"X", start, end) >= 0:
-        raise pa.ArrowInvalid("a cell holds an x: not a decimal integer")
+        raise _arrow()[0].ArrowInvalid("a cell holds an x: not a decimal integer")
 
 
 def _segment_tables(layout: _Layout) -> Iterator[CsvTable]:
@@ -592,14 +615,20 @@ def _segment_tables(layout: _Layout) -> Iterator[CsvTable]:
     (data/plaincsv.py) where it was built, any other segment by pyarrow (which raises pa.ArrowInvalid for a
     bad one)."""
     parse_plain = plaincsv.plain_parser()
-    options = _arrow_options(layout)
-    for segment in _segments(layout, _PLAIN_SEGMENT_BYTES if parse_plain is not None else _SEGMENT_BYTES):
+    options = None  # pyarrow's, made (and pyarrow imported) when a segment first needs them
+    for data, start, end in _segments(
+        layout, _PLAIN_SEGMENT_BYTES if parse_plain is not None else _SEGMENT_BYTES
+    ):
+        segment = memoryview(data)[start:end]
         plain = parse_plain(segment, layout.labelled) if parse_plain is not None else None
         if plain is not None:
             ids, labels, pixels = plain
             yield CsvTable(ids, pixels.reshape(-1, IMAGE_HEIGHT, IMAGE_WIDTH), labels)
-        else:
-            yield _to_csv_table(pacsv.read_csv(pa.BufferReader(segment), **options), layout)
+            continue
+        _refuse_hex(data, start, end)
+        pa, pacsv = _arrow()
+        options = options or _arrow_options(layout)
+        yield _to_csv_table(pacsv.read_csv(pa.BufferReader(segment), **options), layout)
 
 
 def _recut(tables: Iterator[CsvTable], chunk_rows: int) -> Iterator[CsvTable]:
@@ -654,6 +683,7 @@ def write_competition_csv(
         raise ValueError(f"{len(labels)} labels for {n} ids")
     names = _column_names(labels is not None)
     pixel_columns = np.ascontiguousarray(images.reshape(n, NUM_PIXELS).T)  # [784, N]: one array per column
+    pa, pacsv = _arrow()
     columns = [pa.array(np.asarray(ids, dtype=np.int64))]
     if labels is not None:
         columns.append(pa.array(np.asarray(labels, dtype=np.int64)))

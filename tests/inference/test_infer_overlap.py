@@ -85,7 +85,10 @@ def test_prefetched_keeps_order_and_bounds_the_lead():
 def test_infer_imports_neither_rich_nor_the_config_module(
     onnx_model: Path, sample_test_csv: Path, tmp_path: Path
 ):
-    """Loaded modules after a whole `fashiondist infer` run, piped (no progress bar), in a fresh process."""
+    """Loaded modules after a whole `fashiondist infer` run, piped (no progress bar), in a fresh process; with
+    the C loop built, pyarrow is not among them either (every segment of the sample is plain)."""
+    from fashiondist.data import plaincsv
+
     code = (
         "import sys; from fashiondist.cli import main; "
         f"main(['infer', {str(sample_test_csv)!r}, '--model', {str(onnx_model)!r}, "
@@ -98,4 +101,6 @@ def test_infer_imports_neither_rich_nor_the_config_module(
     assert "fashiondist.inference.predict" in loaded  # it did run
     assert not {m for m in loaded if m == "rich" or m.startswith("rich.")}
     assert "fashiondist.config" not in loaded
+    if plaincsv.plain_parser() is not None:
+        assert "pyarrow" not in loaded
     assert "threads (one per usable CPU)" in done.stderr
