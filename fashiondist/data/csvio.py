@@ -511,19 +511,23 @@ def iter_csv_chunks(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     labelled: bool | None = None,
     num_classes: int | None = None,
+    first_chunk_rows: int | None = None,
 ) -> Iterator[CsvTable]:
     """The rows of a competition CSV in chunks of `chunk_rows` (the last may be shorter), in bounded memory.
+
+    `first_chunk_rows`: the first chunk's size, when a consumer should start sooner (`infer`: onnxruntime
+    begins on the file's first segment instead of waiting for a whole chunk to be read).
 
     Same validation as read_competition_csv, with absolute line numbers and duplicate Ids caught across
     chunks. A bad row raises when its chunk is reached, after the chunks before it have been yielded, so a
     caller that writes output must write to a temp file and discard it on error.
     """
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if chunk_rows < 1 or (first_chunk_rows is not None and first_chunk_rows < 1):
+        raise ValueError(f"chunk sizes must be >= 1, got {chunk_rows} and first {first_chunk_rows}")
     layout = _layout(path, labelled, num_classes)
     ledger = _IdLedger()  # the Ids of every row yielded so far
     line = 2  # editor line of the next row to yield
-    tables = _recut(_segment_tables(layout), chunk_rows)
+    tables = _recut(_segment_tables(layout), chunk_rows, first_chunk_rows)
     while True:
         try:
             table = next(tables, None)
@@ -631,21 +635,24 @@ def _segment_tables(layout: _Layout) -> Iterator[CsvTable]:
         yield _to_csv_table(pacsv.read_csv(pa.BufferReader(segment), **options), layout)
 
 
-def _recut(tables: Iterator[CsvTable], chunk_rows: int) -> Iterator[CsvTable]:
-    """`tables` re-cut into tables of exactly `chunk_rows` rows (the last may be shorter), in file order.
+def _recut(tables: Iterator[CsvTable], chunk_rows: int, first_rows: int | None = None) -> Iterator[CsvTable]:
+    """`tables` re-cut into tables of exactly `chunk_rows` rows (the first `first_rows` when given, the last may
+    be shorter), in file order.
 
     A chunk inside one table is a view of it; a chunk across two is one concatenation of their rows.
     """
     pending: list[CsvTable] = []
     pending_rows = 0
+    size = first_rows or chunk_rows
     for table in tables:
         pending.append(table)
         pending_rows += len(table)
-        while pending_rows >= chunk_rows:
+        while pending_rows >= size:
             whole = pending[0] if len(pending) == 1 else _concatenate(pending)
-            yield _rows(whole, slice(0, chunk_rows))
-            pending = [_rows(whole, slice(chunk_rows, None))] if pending_rows > chunk_rows else []
-            pending_rows -= chunk_rows
+            yield _rows(whole, slice(0, size))
+            pending = [_rows(whole, slice(size, None))] if pending_rows > size else []
+            pending_rows -= size
+            size = chunk_rows
     if pending_rows:
         yield pending[0] if len(pending) == 1 else _concatenate(pending)
 

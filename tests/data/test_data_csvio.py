@@ -173,6 +173,20 @@ def test_chunks_cover_the_file_in_order(small_csvs):
     np.testing.assert_array_equal(np.concatenate([c.ids for c in chunks]), whole.ids)
 
 
+@pytest.mark.parametrize("first", [1, 3, 7, 40])
+def test_a_smaller_first_chunk_then_whole_chunks(small_csvs, first):
+    """`first_chunk_rows` sizes only the first chunk (infer starts on it sooner); the rest are `chunk_rows`."""
+    whole = read_competition_csv(small_csvs["train"])  # 30 rows
+    chunks = list(iter_csv_chunks(small_csvs["train"], chunk_rows=7, first_chunk_rows=first))
+    head = min(first, 30)
+    rest = 30 - head
+    assert [len(c) for c in chunks] == [head] + [7] * (rest // 7) + ([rest % 7] if rest % 7 else [])
+    np.testing.assert_array_equal(np.concatenate([c.ids for c in chunks]), whole.ids)
+    np.testing.assert_array_equal(np.concatenate([c.images for c in chunks]), whole.images)
+    with pytest.raises(ValueError, match="chunk sizes must be >= 1"):
+        next(iter_csv_chunks(small_csvs["train"], chunk_rows=7, first_chunk_rows=0))
+
+
 def test_chunk_errors_use_absolute_lines_and_see_earlier_chunks(small_csvs, tmp_path):
     """A duplicate of line 4's Id on line 27 is caught after six chunks of four rows were yielded."""
     bad = _corrupt(small_csvs["test"], lambda L: _set_cell(L, 27, 0, "106"), tmp_path / "dup.csv")
