@@ -32,7 +32,8 @@ def predict_checkpoint(checkpoint: str | Path, data_spec: str, out: Path, batch_
             f"{meta['num_classes']} classes"
         )
     tta = Tta(meta.get("tta", Tta.NONE.value))
-    images = torch.as_tensor(np.ascontiguousarray(data.images)).unsqueeze(1)  # [N, 1, H, W] uint8
+    # [N, 1, H, W] uint8; np.require copies a read-only array (a loaded dataset's are), which torch warns of
+    images = torch.as_tensor(np.require(data.images, requirements="CW")).unsqueeze(1)
     probs = model_probs(model, images, batch_size, tta)
     out.mkdir(parents=True, exist_ok=True)
     save_predictions(out, data.labels, probs.numpy())

@@ -117,7 +117,8 @@ def teacher_targets(
             ensemble = load_ensemble(members, acc.device)
             if cfg.channels_last:
                 ensemble = ensemble.to(memory_format=torch.channels_last)
-            pixels = torch.as_tensor(images, device=acc.device).unsqueeze(1)  # [N, 1, H, W] uint8
+            # [N, 1, H, W] uint8; np.require copies a read-only array, which torch warns of on the CPU
+            pixels = torch.as_tensor(np.require(images, requirements="CW"), device=acc.device).unsqueeze(1)
             probs = model_probs(ensemble, pixels, cfg.eval_batch_size).cpu().numpy()
             run_dir.mkdir(parents=True, exist_ok=True)
             with atomic_write(path) as fh:
