@@ -120,7 +120,7 @@ def predict_csv(
     with contextlib.closing(results):
         for probs in results:
             yield from finished()  # a chunk of no rows ahead of this batch's
-            chunk = next(c for c in chunks if c[2] < len(c[0]))
+            chunk = chunks[0]  # the earliest chunk not yet filled: batches come back in file order
             chunk[1][chunk[2] : chunk[2] + len(probs)] = probs
             chunk[2] += len(probs)
             yield from finished()
