@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
 from fashiondist.models.base import Classifier, classification_loss
 from fashiondist.models.layers import Dropout, keras_init, scaled
+from fashiondist.models.pool import MaxPool2x2
 
 NOTEBOOK_CHANNELS = (256, 128)
 
@@ -48,10 +49,10 @@ class ConvAutoencoder(Classifier):
         self.encoder = nn.Sequential(
             # ReLU after the pool: the same function as Keras' conv(relu) + pool, on a quarter of the elements.
             nn.Conv2d(1, c1, 3, padding=1),  # [N, c1, 28, 28]
-            nn.MaxPool2d(2),  # [N, c1, 14, 14]
+            MaxPool2x2(),  # [N, c1, 14, 14]
             nn.ReLU(),
             nn.Conv2d(c1, c2, 3, padding=1),
-            nn.MaxPool2d(2),  # the code: [N, c2, 7, 7]
+            MaxPool2x2(),  # the code: [N, c2, 7, 7]
             nn.ReLU(),
         )
         self.decoder = nn.Sequential(

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
 from fashiondist.models.base import Classifier
 from fashiondist.models.layers import Dropout, keras_init, scaled
+from fashiondist.models.pool import MaxPool2x2
 
 
 class SimpleCNN(Classifier):
@@ -28,7 +29,7 @@ class SimpleCNN(Classifier):
         h, w = (IMAGE_HEIGHT - 2) // 2, (IMAGE_WIDTH - 2) // 2  # valid 3x3 conv, then 2x2 pool: 13 x 13
         self.net = nn.Sequential(
             nn.Conv2d(1, 32, 3),  # valid: [N, 32, 26, 26]
-            nn.MaxPool2d(2),  # [N, 32, 13, 13]
+            MaxPool2x2(),  # [N, 32, 13, 13]
             nn.ReLU(),
             nn.Flatten(),  # [N, 5408]
             nn.Linear(32 * h * w, 64),
@@ -54,15 +55,15 @@ class DropoutCNN(Classifier):
         h, w = (IMAGE_HEIGHT - 2) // 8, (IMAGE_WIDTH - 2) // 8
         self.net = nn.Sequential(
             nn.Conv2d(1, 32, 3),  # valid: [N, 32, 26, 26]
-            nn.MaxPool2d(2),  # [N, 32, 13, 13]
+            MaxPool2x2(),  # [N, 32, 13, 13]
             nn.ReLU(),
             Dropout(0.2),
             nn.Conv2d(32, 64, 3, padding=1),  # [N, 64, 13, 13]
-            nn.MaxPool2d(2),  # [N, 64, 6, 6]
+            MaxPool2x2(),  # [N, 64, 6, 6]
             nn.ReLU(),
             Dropout(0.4),
             nn.Conv2d(64, 128, 3, padding=1),  # [N, 128, 6, 6]
-            nn.MaxPool2d(2),  # [N, 128, 3, 3]
+            MaxPool2x2(),  # [N, 128, 3, 3]
             nn.ReLU(),
             Dropout(0.4),
             nn.Flatten(),  # [N, 1152]
@@ -84,7 +85,7 @@ def _conv_pool_bn(cin: int, cout: int, extra_convs: int) -> nn.Sequential:
     """
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.MaxPool2d(2),
+        MaxPool2x2(),
         nn.BatchNorm2d(cout),
         nn.GELU(),
     ]

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
 from fashiondist.models.base import Classifier
 from fashiondist.models.layers import keras_init, scaled
+from fashiondist.models.pool import MaxPool2x2
 
 
 def _keras_bn(channels: int) -> nn.BatchNorm2d:
@@ -104,12 +105,12 @@ class ResNet9(Classifier):
         self.net = nn.Sequential(
             _conv_bn(1, c0),  # [N, c0, 28, 28]
             _conv_bn(c0, c1),
-            nn.MaxPool2d(2),  # [N, c1, 14, 14]
+            MaxPool2x2(),  # [N, c1, 14, 14]
             Residual(nn.Sequential(_conv_bn(c1, c1), _conv_bn(c1, c1))),
             _conv_bn(c1, c2),
-            nn.MaxPool2d(2),  # [N, c2, 7, 7]
+            MaxPool2x2(),  # [N, c2, 7, 7]
             _conv_bn(c2, c3),
-            nn.MaxPool2d(2),  # [N, c3, 3, 3]
+            MaxPool2x2(),  # [N, c3, 3, 3]
             Residual(nn.Sequential(_conv_bn(c3, c3), _conv_bn(c3, c3))),
         )
         self.head = nn.Linear(c3, num_classes, bias=False)
