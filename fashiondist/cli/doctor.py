@@ -59,6 +59,7 @@ def diagnose() -> dict[str, Any]:
         "versions": {name: package_version(name) for name in _PACKAGES},
         "onnxruntime_providers": _ort_providers(),
         "csv_reader": _csv_reader(),
+        "cpu_kernels": _cpu_kernels(),
         "accelerate_config": _accelerate_config(),
         "precision_auto": {"precision": choice.precision, "reason": choice.reason},
         "recipe": _recipe(bool(gpus), cpu.native_bf16),
@@ -86,6 +87,20 @@ def _csv_reader() -> dict[str, Any]:
         "note": "plain rows by the C loop, others by pyarrow"
         if compiled
         else "pyarrow only: the C extension was not built (no C compiler at install); reinstall with one",
+    }
+
+
+def _cpu_kernels() -> dict[str, Any]:
+    """Whether the C training kernels (max-pool, dropout) were built, and which build this CPU runs."""
+    from fashiondist.models.kernels import kernel_isa
+
+    isa = kernel_isa()
+    return {
+        "compiled": isa is not None,
+        "isa": isa,
+        "note": f"max-pool and dropout in C, the {isa} build"
+        if isa
+        else "torch ops only: the C extension was not built (no C compiler at install); reinstall with one",
     }
 
 
@@ -228,6 +243,10 @@ def _print_tables(report: dict[str, Any]) -> None:
     table.add_row("onnxruntime", Text.assemble("usable: ", usable, problems))
     reader = report["csv_reader"]
     table.add_row("CSV reader", Text.assemble("compiled: ", _yes(reader["compiled"]), f" ({reader['note']})"))
+    kernels = report["cpu_kernels"]
+    table.add_row(
+        "training kernels", Text.assemble("compiled: ", _yes(kernels["compiled"]), f" ({kernels['note']})")
+    )
     acc = report["accelerate_config"]
     config = f"{acc['default_config_file']} ({'present' if acc['exists'] else 'none'})"
     if acc.get("settings"):

@@ -39,7 +39,7 @@ def test_doctor_json_describes_this_machine(
     report = _doctor_json(capsys)
     assert set(report) == {
         "cpu", "gpus", "cuda", "distributed", "versions", "onnxruntime_providers", "csv_reader",
-        "accelerate_config", "precision_auto", "recipe",
+        "cpu_kernels", "accelerate_config", "precision_auto", "recipe",
     }  # fmt: skip
     flags, cpu = _cpuinfo_flags(), report["cpu"]
     assert cpu["isa"] == {flag: flag in flags for flag in cpu["isa"]}
@@ -51,6 +51,9 @@ def test_doctor_json_describes_this_machine(
     assert report["csv_reader"]["compiled"] == (
         importlib.util.find_spec("fashiondist.data._plainrows") is not None
     )
+    kernels = report["cpu_kernels"]
+    assert kernels["compiled"] == (importlib.util.find_spec("fashiondist.models._kernels") is not None)
+    assert kernels["isa"] in ({"avx512", "avx2", "baseline"} if kernels["compiled"] else {None})
     auto = report["precision_auto"]
     if not report["gpus"]:
         assert auto["precision"] == ("bf16" if cpu["native_bf16"] else "no")
