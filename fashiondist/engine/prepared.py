@@ -74,24 +74,59 @@ class TrainTally:
     """What the steps add up on the device, read only when someone asks (no host sync per step).
 
     `sums`: this rank's loss x images, correct predictions and images (float64 [3]); `first_bad`: the first
-    optimizer step (0-based) whose loss was not finite, -1 while there is none.
+    optimizer step (0-based) whose loss was not finite, -1 while there is none. Each micro-batch only leaves
+    its loss and its count of correct predictions on the device (4 small ops); reading either property folds
+    what is pending into them in one go. Folding at every micro-batch took ~14 small ops, ~0.1 ms of a ~12 ms
+    bf16 cnn-dropout step on 2 cores.
     """
 
+    _FOLD_AT = 256  # pending micro-batches folded without being asked, so a tally nobody reads stays small
+
     def __init__(self, device: torch.device, step: int, sums: Sequence[float] = (0.0, 0.0, 0.0)):
-        self.sums = torch.tensor(sums, dtype=torch.float64, device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        self._step = torch.tensor(step, device=device)  # the optimizer step in progress, kept on the device
+        self._sums = torch.tensor(sums, dtype=torch.float64, device=device)
+        self._first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self._step = step  # the optimizer step in progress
+        self._losses: list[torch.Tensor] = []  # per pending micro-batch: mean loss (0-d)
+        self._correct: list[torch.Tensor] = []  # correct predictions (0-d)
+        self._sizes: list[int] = []  # images
+        self._steps: list[int] = []  # optimizer step
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Count one micro-batch: its mean loss, its logits [b, K] and labels [b] (or soft targets: `mixing`)."""
         labels = hard_labels(labels)
-        images = torch.tensor(len(labels), dtype=torch.float64, device=self.sums.device)
-        correct = (logits.argmax(1) == labels).sum().double()
-        self.sums += torch.stack([loss.double() * len(labels), correct, images])
-        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), self._step, self.first_bad)
+        self._losses.append(loss.detach().reshape(()))
+        self._correct.append((logits.argmax(1) == labels).sum())
+        self._sizes.append(len(labels))
+        self._steps.append(self._step)
+        if len(self._losses) >= self._FOLD_AT:
+            self._fold()
 
     def next_step(self) -> None:
         self._step += 1
+
+    @property
+    def sums(self) -> torch.Tensor:
+        self._fold()
+        return self._sums
+
+    @property
+    def first_bad(self) -> torch.Tensor:
+        self._fold()
+        return self._first_bad
+
+    def _fold(self) -> None:
+        if not self._losses:
+            return
+        device = self._sums.device
+        losses = torch.stack(self._losses).double()  # [k]
+        sizes = torch.tensor(self._sizes, dtype=torch.float64, device=device)  # [k]
+        correct = torch.stack(self._correct).sum().double()
+        self._sums += torch.stack([(losses * sizes).sum(), correct, sizes.sum()])
+        bad = ~torch.isfinite(losses)  # [k]
+        steps = torch.tensor(self._steps, dtype=torch.int64, device=device)  # [k]
+        first = torch.where(bad, steps, torch.iinfo(torch.int64).max).min()
+        self._first_bad = torch.where((self._first_bad < 0) & bad.any(), first, self._first_bad)
+        self._losses, self._correct, self._sizes, self._steps = [], [], [], []
 
 
 @dataclass
