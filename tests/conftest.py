@@ -67,3 +67,30 @@ def fresh_accelerate():
     reset_accelerate()
     yield
     reset_accelerate()
+
+
+def _runnable_isas() -> tuple[str, ...]:
+    from fashiondist.models import kernels
+
+    built = kernels.compiled()
+    return built.runnable_isas() if built is not None else ("none",)
+
+
+@pytest.fixture(params=_runnable_isas())
+def kernel_isa(request):
+    """Each build of the C training kernels this CPU runs (avx512, avx2, baseline), switched in for the test;
+    a skip where the extension was not built (a failure under CI=true)."""
+    import os
+
+    from fashiondist.models import kernels
+
+    built = kernels.compiled()
+    if built is None:
+        why = "fashiondist.models._kernels is not built (no C compiler when the package was installed)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {why}")
+        pytest.skip(why)
+    before = built.isa()
+    built.use_isa(request.param)
+    yield request.param
+    built.use_isa(before)

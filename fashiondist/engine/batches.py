@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
 from fashiondist.engine.mixing import MixSettings, apply_mix, draw_mix_plan, mix_targets
 from fashiondist.errors import InputError
+from fashiondist.models import kernels
 
 # A run's seed and an epoch index mix into one generator seed; the multiplier keeps (seed, epoch) pairs apart.
 _EPOCH_STRIDE = 1_000_003
@@ -103,6 +105,24 @@ def apply_augment(images: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
     return out.masked_fill_(erased, 0)[:, None]  # [B, 1, H, W]
 
 
+def augment_on_cpu(
+    kernel: ModuleType, images: torch.Tensor, index: torch.Tensor, plan: AugmentPlan
+) -> torch.Tensor:
+    """`apply_augment(images[index], plan)` by the compiled kernel (`models/_kernels.c` `augment`), the same
+    bytes in one pass over the batch: ~0.02 ms for 128 images against ~0.3 ms for the index_select and the
+    gathers (2 cores of an Intel Xeon). CPU tensors only; images uint8 [N, 1, H, W] contiguous."""
+    n, _, h, w = images.shape
+    index = index.contiguous()
+    flip, dy, dx = (t.contiguous() for t in (plan.flip, plan.dy, plan.dx))
+    box = None if plan.erase_box is None else plan.erase_box.contiguous()
+    out = torch.empty((len(index), 1, h, w), dtype=torch.uint8)
+    kernel.augment(
+        images.data_ptr(), n, index.data_ptr(), flip.view(torch.uint8).data_ptr(), dy.data_ptr(), dx.data_ptr(),
+        0 if box is None else box.data_ptr(), out.data_ptr(), len(index), h, w,
+    )  # fmt: skip
+    return out
+
+
 @dataclass(frozen=True)
 class BatchLayout:
     """How a global batch splits: global = per_device x grad_accum x world_size."""
@@ -166,6 +186,8 @@ class TrainBatches:
         self.mixing = mixing if mixing is not None and mixing.enabled else None
         self.num_classes = num_classes if num_classes is not None else int(labels.max()) + 1
         self.teacher = teacher.to(device) if teacher is not None else None
+        # on the CPU, the compiled kernel gathers and augments a batch in one pass (`augment_on_cpu`)
+        self._augment_kernel = kernels.compiled() if augment and self.images.device.type == "cpu" else None
 
     @property
     def num_images(self) -> int:
@@ -193,21 +215,25 @@ class TrainBatches:
                 start = step * lay.global_batch + (micro * lay.world_size + self.rank) * lay.per_device
                 positions = slice(start, start + lay.per_device)
                 index = order[positions]
-                # index_select copies whole rows: 13 us a batch of 128 against 92 us for images[index]
-                x = self.images.index_select(0, index)
-                if self.augment:
-                    x = apply_augment(x, plan.take(positions))
+                x = self._images(index, plan.take(positions) if self.augment else None)
                 targets = self._targets(index)
                 if mix is not None:
                     # the partner at its own position: its image, its augmentation, its targets
                     m = mix.take(positions)
                     partner = order[m.partner]
-                    px = self.images.index_select(0, partner)
-                    if self.augment:
-                        px = apply_augment(px, plan.take(m.partner))
+                    px = self._images(partner, plan.take(m.partner) if self.augment else None)
                     x = apply_mix(x, px, m)
                     targets = mix_targets(targets, self._targets(partner), m.lam)
                 yield x, targets
+
+    def _images(self, index: torch.Tensor, plan: AugmentPlan | None) -> torch.Tensor:
+        """uint8 [b, 1, H, W]: the images at `index`, augmented by `plan` (None: as they are)."""
+        if plan is None:
+            # index_select copies whole rows: 13 us a batch of 128 against 92 us for images[index]
+            return self.images.index_select(0, index)
+        if self._augment_kernel is not None:
+            return augment_on_cpu(self._augment_kernel, self.images, index, plan)
+        return apply_augment(self.images.index_select(0, index), plan)
 
     def _targets(self, index: torch.Tensor) -> torch.Tensor:
         """Labels [b]; one-hot float32 [b, K] under mixing; [b, 2, K] (labels, teacher) with a teacher."""

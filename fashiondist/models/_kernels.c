@@ -1,4 +1,5 @@
-/* Training kernels for the CPU (fashiondist/models/pool.py and layers.py), as a CPython extension.
+/* Training kernels for the CPU (fashiondist/models/pool.py, layers.py; engine/batches.py), as a CPython
+ * extension.
  *
  * pool_forward(x, out, code, batch, height, width, channels, is_bf16)
  *     2x2, stride-2 max-pool. x: [batch, height, width, channels] (a channels_last tensor's memory), bf16 or
@@ -12,6 +13,11 @@
  *     as torch's `x * mask` has it (a dropped inf or NaN gives NaN, a dropped -1 gives -0).
  * dropout_backward(grad_out, keep, grad_in, count, scale, is_bf16)
  *     grad_in[i] = grad_out[i] * (keep[i] ? scale : 0).
+ * augment(images, n, index, flip, dy, dx, box, out, count, height, width)
+ *     The engine's training augmentation (engine/batches.py `apply_augment`) of uint8 images[index[i]]
+ *     ([n, height, width]; index int64 [count], each checked against n) into out [count, height, width]: out[r][c] is the source
+ *     pixel (r - dy, c - dx), mirrored (column width - 1 - (c - dx)) where flip (uint8 [count]), 0 outside
+ *     the image; then 0 inside box (int64 [count, 4]: y0, x0, y1, x1, half-open) unless box is 0.
  *
  * Arguments are raw addresses (`Tensor.data_ptr()`) and sizes; the Python side checks dtypes, shapes and
  * layout first. The GIL is released during each loop.
@@ -348,6 +354,62 @@ static PyObject *py_dropout_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* One image of `augment`: a row outside the source is zero; in a row, the columns that come from inside the
+ * source are a run, the rest zero. */
+static void augment_one(const uint8_t *src, uint8_t *out, Py_ssize_t height, Py_ssize_t width, int flip,
+                        int64_t dy, int64_t dx, const int64_t *box)
+{
+    for (Py_ssize_t r = 0; r < height; r++) {
+        uint8_t *dst = out + r * width;
+        const int64_t sr = r - dy;
+        if (sr < 0 || sr >= height) {
+            memset(dst, 0, (size_t)width);
+            continue;
+        }
+        const uint8_t *row = src + sr * width;
+        for (Py_ssize_t c = 0; c < width; c++) {
+            const int64_t shifted = c - dx, sc = flip ? width - 1 - shifted : shifted;
+            dst[c] = (sc >= 0 && sc < width) ? row[sc] : 0;
+        }
+    }
+    if (box) {
+        const int64_t y0 = box[0] < 0 ? 0 : box[0], x0 = box[1] < 0 ? 0 : box[1];
+        const int64_t y1 = box[2] > height ? height : box[2], x1 = box[3] > width ? width : box[3];
+        for (int64_t r = y0; r < y1; r++)
+            if (x1 > x0)
+                memset(out + r * width + x0, 0, (size_t)(x1 - x0));
+    }
+}
+
+static PyObject *py_augment(PyObject *self, PyObject *args)
+{
+    unsigned long long images, index, flip, dy, dx, box, out;
+    Py_ssize_t available, count, height, width;
+    if (!PyArg_ParseTuple(args, "KnKKKKKKnnn:augment", &images, &available, &index, &flip, &dy, &dx, &box, &out,
+                          &count, &height, &width))
+        return NULL;
+    if (count < 0 || height < 1 || width < 1) {
+        PyErr_SetString(PyExc_ValueError, "augment: needs count >= 0, height and width >= 1");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (((const int64_t *)(uintptr_t)index)[i] < 0 || ((const int64_t *)(uintptr_t)index)[i] >= available) {
+            PyErr_Format(PyExc_IndexError, "augment: index %zd is outside the %zd images", i, available);
+            return NULL;
+        }
+    const uint8_t *src = (const uint8_t *)(uintptr_t)images;
+    const int64_t *rows = (const int64_t *)(uintptr_t)index, *boxes = (const int64_t *)(uintptr_t)box;
+    const int64_t *ys = (const int64_t *)(uintptr_t)dy, *xs = (const int64_t *)(uintptr_t)dx;
+    const uint8_t *flips = (const uint8_t *)(uintptr_t)flip;
+    uint8_t *dst = (uint8_t *)(uintptr_t)out;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++)
+        augment_one(src + rows[i] * height * width, dst + i * height * width, height, width, flips[i], ys[i], xs[i],
+                    boxes ? boxes + 4 * i : NULL);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *noargs)
 {
     return PyUnicode_FromString(K->isa);
@@ -387,6 +449,7 @@ static PyMethodDef methods[] = {
     {"pool_backward", py_pool_backward, METH_VARARGS, "The max-pool's input gradient from its output gradient and codes."},
     {"dropout_forward", py_dropout_forward, METH_VARARGS, "Inverted dropout of a bf16/float32 buffer; its keep mask."},
     {"dropout_backward", py_dropout_backward, METH_VARARGS, "The dropout's input gradient from its keep mask."},
+    {"augment", py_augment, METH_VARARGS, "Flip, shift and erase uint8 images picked by an index (the engine's)."},
     {NULL, NULL, 0, NULL},
 };
 

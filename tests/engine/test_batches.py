@@ -148,3 +148,51 @@ def test_sizes_say_what_they_count(sample_images, sample_labels):
     assert sum(1 for _ in batches.epoch(0)) == batches.steps_per_epoch * 2  # micro-batches: 2 per step
     with pytest.raises(TypeError):
         len(batches)
+
+
+@pytest.mark.parametrize("erase", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("shift", [0, 2, 5])
+def test_the_cpu_kernel_augments_exactly_as_apply_augment(kernel_isa, erase, shift):
+    """`augment_on_cpu` (the compiled gather + flip + shift + erase) against the torch ops, byte for byte,
+    over every shift and flip the plans draw, boxes at the edges, and a repeated index."""
+    from fashiondist.engine.batches import augment_on_cpu
+    from fashiondist.models import kernels
+
+    g = torch.Generator().manual_seed(shift * 10 + int(erase * 2))
+    images = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8, generator=g)
+    index = torch.cat([torch.randperm(300, generator=g)[:200], torch.tensor([7, 7, 0, 299])])
+    plan = draw_augment_plan(len(index), g, flip=True, shift=shift, erase=erase)
+    got = augment_on_cpu(kernels.compiled(), images, index, plan)
+    assert got.shape == (len(index), 1, 28, 28) and got.dtype == torch.uint8
+    assert torch.equal(got, apply_augment(images[index], plan))
+
+
+def test_the_cpu_kernel_refuses_an_index_outside_the_images(kernel_isa):
+    from fashiondist.engine.batches import augment_on_cpu
+    from fashiondist.models import kernels
+
+    images = torch.zeros((5, 1, 28, 28), dtype=torch.uint8)
+    plan = draw_augment_plan(2, torch.Generator().manual_seed(0), flip=True, shift=2, erase=0.0)
+    for bad in (5, -1):
+        with pytest.raises(IndexError, match="outside the 5 images"):
+            augment_on_cpu(kernels.compiled(), images, torch.tensor([0, bad]), plan)
+
+
+def test_train_batches_are_the_same_with_and_without_the_kernel(monkeypatch):
+    """A whole epoch of TrainBatches (augmenting, with erasing): the same batches from the kernel and the torch ops."""
+    from fashiondist.models import kernels
+
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, (96, 28, 28), dtype=np.uint8)
+    labels = g.integers(0, 10, 96)
+    layout = BatchLayout.of(32, 1, 1)
+
+    def epoch() -> list[torch.Tensor]:
+        batches = TrainBatches(images, labels, layout, 0, torch.device("cpu"), 3, True, 2, 0.5)
+        return [x for x, _ in batches.epoch(1)]
+
+    with_kernel = epoch()
+    monkeypatch.setattr(kernels, "compiled", lambda: None)
+    without = epoch()
+    assert len(with_kernel) == 3
+    assert all(torch.equal(a, b) for a, b in zip(with_kernel, without, strict=True))

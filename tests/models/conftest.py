@@ -14,30 +14,3 @@ def sample_batch() -> tuple[torch.Tensor, torch.Tensor]:
     data = load_data("sample")
     images = torch.tensor(data.images[:8]).unsqueeze(1)  # [8, 28, 28] -> [8, 1, 28, 28]
     return images, torch.tensor(data.labels[:8])
-
-
-def _runnable_isas() -> tuple[str, ...]:
-    from fashiondist.models import kernels
-
-    built = kernels.compiled()
-    return built.runnable_isas() if built is not None else ("none",)
-
-
-@pytest.fixture(params=_runnable_isas())
-def kernel_isa(request):
-    """Each build of the C training kernels this CPU runs (avx512, avx2, baseline), switched in for the test;
-    a skip where the extension was not built (a failure under CI=true)."""
-    import os
-
-    from fashiondist.models import kernels
-
-    built = kernels.compiled()
-    if built is None:
-        why = "fashiondist.models._kernels is not built (no C compiler when the package was installed)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {why}")
-        pytest.skip(why)
-    before = built.isa()
-    built.use_isa(request.param)
-    yield request.param
-    built.use_isa(before)
