@@ -1,14 +1,19 @@
 """The notebook's Keras models, timed the way `bench train` times ours: run by `--keras PYTHON`, not imported.
 
-    PYTHON keras_twin.py IMAGES.npy LABELS.npy SETTINGS_JSON   ->   one JSON line: {"images_per_s": ...}
+    PYTHON keras_twin.py IMAGES.npy LABELS.npy SETTINGS_JSON
+
+It builds and warms the model, prints `{"ready": KERAS_VERSION}`, then serves timing windows: for each line
+`N` on its standard input it trains the next N batches and prints `{"seconds": ...}`, until its input ends.
+`bench train` sends windows between its own pipelines' windows, so Keras and our steps share the machine's
+slow and fast spells instead of meeting them one after the other.
 
 It runs under an interpreter that has Keras 3 (any backend; TensorFlow is the notebook's) and needs nothing of
 fashiondist, so it imports only the standard library, NumPy and Keras. The models are the notebook's own,
 layer for layer, as Keras builds them: model_1 (`cnn`) and model_2 (`cnn-dropout`), Adam at 1e-3, sparse
 categorical cross-entropy, float pixels scaled to [0, 1] in memory before timing, no augmentation (the
 notebook had none, so Keras is spared the flip and shift our engine does). Timing: `model.fit` over
-`warmup` batches (at least one: tracing and compilation), then `model.fit` over `steps` batches, timed from
-the first batch's start to the last batch's end.
+`warmup` batches (at least one: tracing and compilation), then one `model.fit` per window, timed from the
+window's first batch's start to its last batch's end.
 """
 
 from __future__ import annotations
@@ -75,22 +80,29 @@ def main(argv: list[str]) -> int:
     keras.utils.set_random_seed(settings["seed"])
     keras.mixed_precision.set_global_policy(POLICIES[settings["precision"]])
     # at least one untimed batch: the first fit traces and compiles the step
-    batch, warmup, steps = settings["batch_size"], max(1, settings["warmup"]), settings["steps"]
+    batch, warmup = settings["batch_size"], max(1, settings["warmup"])
     images = np.load(images_path)
     labels = np.load(labels_path).astype("int64")
-    need = batch * (warmup + steps)
-    reps = -(-need // len(images))  # repeat a small data set until it covers the timed batches
-    x = np.tile(images, (reps, 1, 1))[:need, :, :, None].astype("float32") / 255.0
-    y = np.tile(labels, reps)[:need]
+    usable = len(images) // batch * batch  # whole batches only, so every window's batches are full
+    x = images[:usable, :, :, None].astype("float32") / 255.0
+    y = labels[:usable]
     model = build(settings["model"], settings["num_classes"], keras)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    cut = batch * warmup
-    model.fit(x[:cut], y[:cut], batch_size=batch, epochs=1, shuffle=False, verbose=0)
-    clock = _step_clock(keras)
-    model.fit(x[cut:], y[cut:], batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[clock])
-    seconds = clock.end - clock.start
-    rate = steps * batch / seconds
-    print(json.dumps({"images_per_s": rate, "keras": keras.__version__, "backend": keras.backend.backend()}))
+    position = 0
+
+    def fit(batches: int) -> float:
+        """Train the next `batches` batches (wrapping around the images); seconds of the batches themselves."""
+        nonlocal position
+        take = (np.arange(batches * batch) + position) % usable
+        position = int((position + batches * batch) % usable)
+        clock = _step_clock(keras)
+        model.fit(x[take], y[take], batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[clock])
+        return clock.end - clock.start
+
+    fit(warmup)
+    print(json.dumps({"ready": keras.__version__, "backend": keras.backend.backend()}), flush=True)
+    for line in sys.stdin:
+        print(json.dumps({"seconds": fit(int(line))}), flush=True)
     return 0
 
 

@@ -16,10 +16,14 @@ same run); and, per pipeline, each mixed precision over fp32 ("no").
 
 Method: accelerate fixes the precision for a process's life, so each (repeat, precision) block runs in a
 child process of its own (`python -m fashiondist.bench.train BLOCK.json`: one accelerator, fresh seeded
-models, the images from .npy files the parent wrote once; its rates come back as a JSON file); within a
-block each model measures its pipelines one after another, each after its own warm-up steps; the order of
-precisions and of pipelines rotates from repeat to repeat. One process at a time (not under `accelerate
-launch`): the parent waits for each child before it starts the next.
+models, the images from .npy files the parent wrote once; its rates come back as a JSON file). Within a
+block, per model, every pipeline warms up, then the timed steps run in windows of `--window` steps (25),
+the pipelines taking turns window by window, Keras's child included (it trains a window per line it
+reads): on a VM whose speed swings by 2x within seconds, back-to-back runs of 200 steps per pipeline gave
+engine/bare ratios from 0.68 to 1.19 in one benchmark, so each pipeline's time is now spread over the same
+stretch of the machine's good and bad moments. The order of precisions rotates from repeat to repeat, and
+the order of pipelines from window to window. One process at a time (not under `accelerate launch`): the
+parent waits for each child before it starts the next.
 
 Every pipeline trains a model set up by the engine's own `prepare_training` (model, channels_last, optimizer,
 `accelerator.prepare`, device batches), as `Trainer` does; this file holds no copy of the set-up or the step.
@@ -29,6 +33,8 @@ a flag or sync every 25 steps), which the engine pipeline leaves out.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import json
 import os
@@ -76,6 +82,7 @@ class TrainBench:
     batch_size: int = 128
     steps: int = 50  # timed optimizer steps per measurement
     warmup: int = 5  # untimed steps before each measurement
+    window: int = 25  # timed steps a pipeline runs before the next takes its turn
     precisions: tuple[str, ...] = ("no", "bf16")
     repeats: int = 3
     loader_workers: tuple[int, ...] = (0,)
@@ -89,7 +96,7 @@ class TrainBench:
         return (ENGINE, BARE, *(loader_name(w) for w in self.loader_workers), *keras)
 
     def check(self) -> None:
-        for key in ("batch_size", "steps", "repeats"):
+        for key in ("batch_size", "steps", "repeats", "window"):
             if getattr(self, key) < 1:
                 raise InputError(f"--{key.replace('_', '-')} {getattr(self, key)}: must be at least 1")
         if self.warmup < 0:
@@ -214,14 +221,6 @@ def _pipeline(
     return step
 
 
-def _measure(bench: TrainBench, step: Callable[[], None], device: torch.device) -> float:
-    """Images/s of `steps` timed calls after `warmup` untimed ones."""
-    for _ in range(bench.warmup):
-        step()
-    seconds = timed(step, bench.steps, device)
-    return bench.steps * bench.batch_size / seconds
-
-
 def run_train_bench(bench: TrainBench, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every (model, precision, pipeline) `repeats` times, interleaved; return the JSON-ready result."""
     bench.check()
@@ -285,17 +284,64 @@ class _KerasTwin:
             raise InputError(f"--keras {python}: cannot import keras and numpy there ({last})")
         return cls(python, probe.stdout.strip(), files)
 
-    def rate(self, bench: TrainBench, name: str, precision: str) -> float:
+    def session(self, bench: TrainBench, name: str, precision: str) -> _KerasSession:
+        """Start `keras_twin.py` for model `name` at `precision`: it builds, warms up and waits for windows."""
         settings = {
             "model": name, "precision": precision, "num_classes": self.files.num_classes,
-            "batch_size": bench.batch_size, "warmup": bench.warmup, "steps": bench.steps, "seed": bench.seed,
+            "batch_size": bench.batch_size, "warmup": bench.warmup, "seed": bench.seed,
         }  # fmt: skip
         script = str(Path(__file__).with_name("keras_twin.py"))
-        done = _run([self.python, script, self.files.images, self.files.labels, json.dumps(settings)])
-        if done.returncode != 0:
-            last = last_line(done.stderr, "no output")
-            raise FashiondistError(f"--keras {self.python}: the Keras {name} {precision} run failed ({last})")
-        return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"])
+        argv = [self.python, script, self.files.images, self.files.labels, json.dumps(settings)]
+        # stderr to a file, not a pipe: TensorFlow's start-up chatter could fill a pipe nobody reads yet
+        stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - the session closes it
+        try:
+            child = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
+        except OSError as e:
+            stderr.close()
+            raise InputError(f"--keras {self.python}: cannot run it ({e.strerror})") from None
+        session = _KerasSession(child, stderr, f"--keras {self.python}: the Keras {name} {precision} run")
+        session.reply("ready")  # the model is built and its step traced: the windows time steps only
+        return session
+
+
+class _KerasSession:
+    """A running `keras_twin.py`: `window(n)` trains its next n batches and returns their seconds."""
+
+    def __init__(self, child: subprocess.Popen, stderr: Any, what: str):
+        self.child = child
+        self.stderr = stderr  # a temporary file
+        self.what = what
+
+    def window(self, steps: int) -> float:
+        self.child.stdin.write(f"{steps}\n")
+        self.child.stdin.flush()
+        return float(self.reply("seconds"))
+
+    def reply(self, key: str) -> Any:
+        """The value of `key` in the child's next JSON line (its other lines, TensorFlow's chatter, skipped)."""
+        for line in self.child.stdout:
+            if line.startswith("{"):
+                got = json.loads(line)
+                if key in got:
+                    return got[key]
+        self.child.wait()
+        self.stderr.seek(0)
+        last = last_line(self.stderr.read(), "no output")
+        raise FashiondistError(f"{self.what} failed with exit code {self.child.returncode} ({last})")
+
+    def close(self) -> None:
+        """End the child: its input closes, it exits; one that hangs is killed."""
+        with contextlib.suppress(OSError):  # a child that already died: its pipe is broken
+            self.child.stdin.close()
+        try:
+            self.child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+            self.child.wait()
+        self.child.stdout.close()
+        self.stderr.close()
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
@@ -356,7 +402,9 @@ def measure_block(
     bench: TrainBench, precision: str, repeat: int, data: Dataset, twin: _KerasTwin | None = None
 ) -> tuple[Rates, str]:
     """One (repeat, precision) block in this process, which must not have made an Accelerator of another
-    precision: each model measures its pipelines in this repeat's order. Returns (rates, device)."""
+    precision. Per model, each pipeline warms up, then the timed steps run in windows of `bench.window`
+    steps, the pipelines taking turns window by window (the order rotating each window), so that a slow
+    spell of the machine falls on all of them rather than on whichever ran then. Returns (rates, device)."""
     rates: Rates = {}
     acc = None
     for name in bench.models:
@@ -366,16 +414,35 @@ def measure_block(
         training = prepare_training(cfg, acc, data.images, data.labels, data.num_classes)
         closers: list[Callable[[], None]] = []
         try:
+            windows: dict[str, Callable[[int], float]] = {}
             for pipeline in rotation(bench.pipelines, repeat):
                 if pipeline == KERAS and twin is not None:
-                    rate = twin.rate(bench, name, precision)
+                    keras = twin.session(bench, name, precision)
+                    closers.append(keras.close)
+                    windows[pipeline] = keras.window
                 else:
-                    rate = _measure(bench, _pipeline(pipeline, training, data, closers), acc.device)
-                rates.setdefault(name, {})[pipeline] = rate
+                    step = _pipeline(pipeline, training, data, closers)
+                    for _ in range(bench.warmup):
+                        step()
+                    windows[pipeline] = functools.partial(_timed_window, step, acc.device)
+            seconds = dict.fromkeys(windows, 0.0)
+            for k, size in enumerate(_window_sizes(bench.steps, bench.window)):
+                for pipeline in rotation(bench.pipelines, repeat + k):
+                    seconds[pipeline] += windows[pipeline](size)
+            rates[name] = {p: bench.steps * bench.batch_size / s for p, s in seconds.items()}
         finally:
             for close in closers:
                 close()
     return rates, str(acc.device if acc is not None else "")
+
+
+def _timed_window(step: Callable[[], None], device: torch.device, steps: int) -> float:
+    return timed(step, steps, device)
+
+
+def _window_sizes(steps: int, window: int) -> list[int]:
+    """`steps` cut into windows of `window` steps, the last one shorter."""
+    return [min(window, steps - start) for start in range(0, steps, window)]
 
 
 def _block_main(argv: list[str]) -> int:
@@ -412,6 +479,7 @@ def _result(
             "batch_size": bench.batch_size,
             "steps": bench.steps,
             "warmup_steps": bench.warmup,
+            "window_steps": bench.window,
             "repeats": bench.repeats,
             "precisions": list(bench.precisions),
             "pipelines": list(bench.pipelines),
@@ -477,7 +545,8 @@ def train_tables(result: dict[str, Any], caption: str) -> list[Any]:
     # the DataLoaders, then Keras when it was measured
     others = [p for p in settings["pipelines"] if p not in (ENGINE, BARE)]
     table = Table(
-        title=f"training images/s, batch {settings['batch_size']}, {settings['steps']} timed steps, "
+        title=f"training images/s, batch {settings['batch_size']}, {settings['steps']} timed steps in turns of "
+        f"{settings.get('window_steps', settings['steps'])}, "
         f"median and min-max of {settings['repeats']} repeats on {settings['device']} (ratios: paired per "
         "repeat, and best: each side's fastest repeat)",
         caption=caption,

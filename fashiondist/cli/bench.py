@@ -156,6 +156,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="untimed steps before each measurement (default: %(default)s)",
     )
     train.add_argument(
+        "--window",
+        type=positive_int,
+        default=25,
+        metavar="STEPS",
+        help="the pipelines take turns every this many timed steps, so a slow spell of the machine slows them "
+        "all alike (default: %(default)s; --window equal to --steps runs each pipeline's steps in one go)",
+    )
+    train.add_argument(
         "--precision",
         type=_precision_list,
         default=None,
@@ -332,7 +340,7 @@ def run_train(args: argparse.Namespace) -> int:
     precisions = _resolve_precisions(args.precision or ("no", "auto"))
     bench = TrainBench(
         models=tuple(args.models), data=args.data, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-        precisions=tuple(precisions), repeats=args.repeats, loader_workers=tuple(args.loader_workers), seed=args.seed, threads=args.threads, keras=args.keras,
+        window=args.window, precisions=tuple(precisions), repeats=args.repeats, loader_workers=tuple(args.loader_workers), seed=args.seed, threads=args.threads, keras=args.keras,
     )  # fmt: skip
     return _measure(run_train_bench, bench, json_path, train_tables)
 

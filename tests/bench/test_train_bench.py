@@ -14,6 +14,7 @@ from fashiondist.bench import train as train_bench
 from fashiondist.cli import main
 from fashiondist.data.sources import load_data
 from fashiondist.engine.prepared import PreparedTraining
+from fashiondist.errors import FashiondistError
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate")
 
@@ -69,15 +70,73 @@ def test_the_keras_pipeline_runs_inside_each_block(tmp_path):
     """The block's child runs the Keras twin between its own pipelines; a stand-in interpreter answers the
     probe and the timing as `keras_twin.py` would (Keras itself is not a dependency)."""
     fake = tmp_path / "python"
+    log = tmp_path / "windows.log"
+    # the probe; then the twin's protocol: a ready line (after chatter), one JSON line per window it reads
     fake.write_text(
-        '#!/bin/sh\nif [ "$1" = -c ]; then echo "3.0 stand-in"; else echo \'{"images_per_s": 1234.5}\'; fi\n'
+        '#!/bin/sh\nif [ "$1" = -c ]; then echo "3.0 stand-in"; exit 0; fi\n'
+        'echo "some TensorFlow chatter"; echo \'{"ready": "3.0"}\'\n'
+        f'while read n; do echo "$n" >> {log}; echo \'{{"seconds": 0.25}}\'; done\n'
     )
     fake.chmod(0o755)
     bench = train_bench.TrainBench(
-        models=("cnn",), batch_size=32, steps=3, warmup=1, precisions=("no",), repeats=1, keras=str(fake)
+        models=("cnn",),
+        batch_size=32,
+        steps=7,
+        warmup=1,
+        window=3,
+        precisions=("no",),
+        repeats=1,
+        keras=str(fake),
     )
     result = train_bench.run_train_bench(bench, log=lambda _line: None)
     assert result["settings"]["keras"] == {"python": str(fake), "version": "3.0 stand-in"}
+    assert log.read_text().split() == ["3", "3", "1"]  # 7 timed steps in windows of 3
     (row,) = result["results"]
-    assert row["images_per_s"][train_bench.KERAS]["samples"] == [1234.5]
+    assert row["images_per_s"][train_bench.KERAS]["samples"] == [pytest.approx(7 * 32 / 0.75)]
     assert row["images_per_s"][train_bench.ENGINE]["median"] > 0
+
+
+def test_a_keras_twin_that_dies_is_one_error_line(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(
+        '#!/bin/sh\nif [ "$1" = -c ]; then echo "3.0 stand-in"; exit 0; fi\necho "no Keras here" >&2\nexit 3\n'
+    )
+    fake.chmod(0o755)
+    bench = train_bench.TrainBench(
+        models=("cnn",), batch_size=32, steps=2, warmup=1, precisions=("no",), repeats=1, keras=str(fake)
+    )
+    with pytest.raises(
+        FashiondistError, match=r"the Keras cnn no run failed with exit code 3 \(no Keras here\)"
+    ):
+        train_bench.run_train_bench(bench, log=lambda _line: None)
+
+
+def test_pipelines_take_turns_window_by_window(monkeypatch):
+    """The timed steps of every pipeline run in windows, interleaved, the order rotating window by window."""
+    order: list[tuple[str, int]] = []
+    real_window = train_bench._timed_window
+
+    def logged(step, device, steps):
+        order.append((step_names[id(step)], steps))
+        return real_window(step, device, steps)
+
+    step_names: dict[int, str] = {}
+    real_pipeline = train_bench._pipeline
+
+    def named(name, *args):
+        step = real_pipeline(name, *args)
+        step_names[id(step)] = name
+        return step
+
+    monkeypatch.setattr(train_bench, "_timed_window", logged)
+    monkeypatch.setattr(train_bench, "_pipeline", named)
+    bench = train_bench.TrainBench(
+        models=("cnn",), batch_size=32, steps=5, warmup=0, window=2, precisions=("no",), repeats=1
+    )
+    train_bench.measure_block(bench, "no", 0, load_data(bench.data))
+    engine, bare, loader = train_bench.ENGINE, train_bench.BARE, train_bench.loader_name(0)
+    assert order == [
+        (engine, 2), (bare, 2), (loader, 2),
+        (bare, 2), (loader, 2), (engine, 2),
+        (loader, 1), (engine, 1), (bare, 1),
+    ]  # fmt: skip
