@@ -58,16 +58,28 @@ def seed_micro_batch(seed: int, step: int, slot: int, device: torch.device) -> N
         torch.manual_seed(value)
 
 
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Weight decay on weight matrices and kernels only; biases and normalisation scales are left alone."""
+def build_optimizer(
+    cfg: TrainConfig, model: torch.nn.Module, loss_scaled: bool = False
+) -> torch.optim.Optimizer:
+    """Weight decay on weight matrices and kernels only; biases and normalisation scales are left alone.
+
+    The fused implementations where the parameters live on a CPU or a CUDA device (torch's default on the CPU
+    is its per-parameter loop): one kernel per parameter for the whole update, the same update up to rounding.
+    On 2 cores of an Intel Xeon, one step of cnn-dropout's Adam took 268 us against 658 us, convnet's
+    SGD-Nesterov 217 us against 754 us (3-5% of a training step). Not under fp16 loss scaling
+    (`loss_scaled`): a fused optimizer skips an overflowing step inside its kernel, and accelerate, which
+    tells a skipped step by whether the optimizer's step was called, would count it as taken.
+    """
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    devices_fuse = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    fused = {"fused": True} if devices_fuse and not loss_scaled else {}
     if cfg.optimizer is Optimizer.SGD:
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, **fused)
     if cfg.optimizer is Optimizer.ADAM:
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=cfg.lr, **fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, **fused)
 
 
 class TrainTally:
@@ -225,7 +237,8 @@ def prepare_training(
     if cfg.sync_bn and acc.num_processes > 1:  # same keys and tensors: saved and exported as plain BatchNorm
         model = convert_sync_batchnorm(model, acc.device)
     model = model.to(acc.device)
-    model, optimizer = acc.prepare(model, build_optimizer(cfg, model))
+    loss_scaled = acc.mixed_precision == "fp16"  # accelerate's GradScaler
+    model, optimizer = acc.prepare(model, build_optimizer(cfg, model, loss_scaled))
     acc.gradient_accumulation_steps = cfg.grad_accum
     acc.step = 0  # accelerate's micro-step counter: the first window starts on a boundary
     switches = f"{describe_speed_switches(acc)}; {keep_freed_memory()}"  # before the first step allocates

@@ -1,23 +1,30 @@
-"""The compiled CPU training kernels (`_kernels.c`): the 2x2 max-pool (`pool.MaxPool2x2`) and dropout
-(`layers.Dropout`).
+"""The compiled CPU training kernels (`_kernels.c`): the 2x2 max-pool (`pool.MaxPool2x2`), dropout
+(`layers.Dropout`) and the batch's gather and augmentation (`engine.batches.augment_on_cpu`).
 
 The extension is built when the package is installed, where a C compiler is found (optional, like the CSV
-loop); without it both modules use torch's own ops. It is built for AVX-512, AVX2 and the x86-64 baseline and
-picks one when it loads (`kernel_isa()`, in `fashiondist doctor`). The kernels run single-threaded with the
-GIL released: splitting a pool across two threads measured slower in a whole training step (0.94-0.98 of
-torch's step time, against 0.92-0.95 single-threaded), since torch's own threads are still spinning between
-ops.
+loop); without it the same places use torch's own ops. It is built for AVX-512, AVX2 and the x86-64
+baseline and picks the best this CPU runs when it loads (`kernel_isa()`, in `fashiondist doctor`), or the
+best within `ATEN_CPU_CAPABILITY` where that holds torch's kernels back (avx2, default). The kernels run
+single-threaded with the GIL released: splitting a pool across two threads measured slower in a whole
+training step (0.94-0.98 of torch's step time, against 0.92-0.95 single-threaded), since torch's own
+threads are still spinning between ops.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
 _BF16_OR_F32 = (torch.bfloat16, torch.float32)
+
+
+# ATEN_CPU_CAPABILITY holds torch's own kernels to a smaller instruction set (how the suite and the
+# benchmarks stand in for an AVX2-only CPU); ours follow the same hold.
+_HOLDS = {"avx512": ("avx512", "avx2", "baseline"), "avx2": ("avx2", "baseline"), "default": ("baseline",)}
 
 
 @functools.cache
@@ -27,6 +34,9 @@ def compiled() -> ModuleType | None:
         from fashiondist.models import _kernels
     except ImportError:
         return None
+    allowed = _HOLDS.get(os.environ.get("ATEN_CPU_CAPABILITY", "").lower())
+    if allowed is not None:
+        _kernels.use_isa(next(isa for isa in _kernels.runnable_isas() if isa in allowed))
     return _kernels
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -126,3 +130,14 @@ def test_every_build_draws_the_same_mask_and_rounds_alike(kernel_isa):
     built.use_isa(kernel_isa)
     (y, gx), (y_base, gx_base) = outputs
     assert torch.equal(y, y_base) and torch.equal(gx, gx_base)
+
+
+@pytest.mark.parametrize("hold, want", [("avx2", {"avx2", "baseline"}), ("default", {"baseline"})])
+def test_the_kernels_follow_atens_instruction_set_hold(hold, want):
+    """Under ATEN_CPU_CAPABILITY (how the suite stands in for a smaller CPU) the kernels hold back too."""
+    if kernels.compiled() is None:
+        pytest.skip("fashiondist.models._kernels is not built")
+    code = "from fashiondist.models.kernels import kernel_isa; print(kernel_isa())"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": hold}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() in want
