@@ -80,16 +80,11 @@ def _runnable_isas() -> tuple[str, ...]:
 def kernel_isa(request):
     """Each build of the C training kernels this CPU runs (avx512, avx2, baseline), switched in for the test;
     a skip where the extension was not built (a failure under CI=true)."""
-    import os
+    from extensions import require_built
 
     from fashiondist.models import kernels
 
-    built = kernels.compiled()
-    if built is None:
-        why = "fashiondist.models._kernels is not built (no C compiler when the package was installed)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {why}")
-        pytest.skip(why)
+    built = require_built(kernels.compiled(), "fashiondist.models._kernels")
     before = built.isa()
     built.use_isa(request.param)
     yield request.param

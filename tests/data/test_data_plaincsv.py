@@ -11,13 +11,13 @@ where the extension must have been built.
 from __future__ import annotations
 
 import contextlib
-import os
 from unittest import mock
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
+from extensions import require_built
 from hypothesis import given, settings
 from test_data_csvio_fuzz import FUZZ, _written, fuzzed_file, numeric_file
 
@@ -32,13 +32,7 @@ _sample = load_data("sample")
 
 def _compiled():
     """The compiled parser; a skip where the extension was not built (a failure under CI=true)."""
-    parse = plain_parser()
-    if parse is None:
-        why = "fashiondist.data._plainrows is not built (no C compiler when the package was installed)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {why}")
-        pytest.skip(why)
-    return parse
+    return require_built(plain_parser(), "fashiondist.data._plainrows")
 
 
 def test_the_extension_shares_the_package_constants():

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from extensions import require_built
 
 from fashiondist.models import kernels
 from fashiondist.models.layers import Dropout
@@ -135,8 +136,7 @@ def test_every_build_draws_the_same_mask_and_rounds_alike(kernel_isa):
 @pytest.mark.parametrize("hold, want", [("avx2", {"avx2", "baseline"}), ("default", {"baseline"})])
 def test_the_kernels_follow_atens_instruction_set_hold(hold, want):
     """Under ATEN_CPU_CAPABILITY (how the suite stands in for a smaller CPU) the kernels hold back too."""
-    if kernels.compiled() is None:
-        pytest.skip("fashiondist.models._kernels is not built")
+    require_built(kernels.compiled(), "fashiondist.models._kernels")
     code = "from fashiondist.models.kernels import kernel_isa; print(kernel_isa())"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": hold}
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
