@@ -424,7 +424,7 @@ def measure_block(
                     step = _pipeline(pipeline, training, data, closers)
                     for _ in range(bench.warmup):
                         step()
-                    windows[pipeline] = functools.partial(_timed_window, step, acc.device)
+                    windows[pipeline] = functools.partial(timed, step, device=acc.device)  # (steps) -> s
             seconds = dict.fromkeys(windows, 0.0)
             for k, size in enumerate(_window_sizes(bench.steps, bench.window)):
                 for pipeline in rotation(bench.pipelines, repeat + k):
@@ -434,10 +434,6 @@ def measure_block(
             for close in closers:
                 close()
     return rates, str(acc.device if acc is not None else "")
-
-
-def _timed_window(step: Callable[[], None], device: torch.device, steps: int) -> float:
-    return timed(step, steps, device)
 
 
 def _window_sizes(steps: int, window: int) -> list[int]:

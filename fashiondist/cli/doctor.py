@@ -91,14 +91,15 @@ def _csv_reader() -> dict[str, Any]:
 
 
 def _cpu_kernels() -> dict[str, Any]:
-    """Whether the C training kernels (max-pool, dropout) were built, and which build this CPU runs."""
+    """Whether the C training kernels (max-pool, dropout, batch augmentation) were built, and which build
+    this CPU runs."""
     from fashiondist.models.kernels import kernel_isa
 
     isa = kernel_isa()
     return {
         "compiled": isa is not None,
         "isa": isa,
-        "note": f"max-pool and dropout in C, the {isa} build"
+        "note": f"max-pool, dropout and augmentation in C, the {isa} build"
         if isa
         else "torch ops only: the C extension was not built (no C compiler at install); reinstall with one",
     }

@@ -109,8 +109,9 @@ def augment_on_cpu(
     kernel: ModuleType, images: torch.Tensor, index: torch.Tensor, plan: AugmentPlan
 ) -> torch.Tensor:
     """`apply_augment(images[index], plan)` by the compiled kernel (`models/_kernels.c` `augment`), the same
-    bytes in one pass over the batch: ~0.02 ms for 128 images against ~0.3 ms for the index_select and the
-    gathers (2 cores of an Intel Xeon). CPU tensors only; images uint8 [N, 1, H, W] contiguous."""
+    bytes in one pass over the batch: 91 us for 128 images of 60,000, the plan's slices included, against
+    322 us for the index_select and the gathers (2 cores of an Intel Xeon). CPU tensors only; images uint8
+    [N, 1, H, W] contiguous."""
     n, _, h, w = images.shape
     index = index.contiguous()
     flip, dy, dx = (t.contiguous() for t in (plan.flip, plan.dy, plan.dx))

@@ -2,8 +2,8 @@
 
 torch's CPU max-pool keeps an int64 index per output for its backward, and the backward zero-fills the
 input's whole gradient before it scatters into it. In a bf16 training step of cnn-dropout (batch 128, 2 cores
-of an Intel Xeon) the three pools took ~2.9 ms of ~13 ms, far above what their bytes cost (a 5.5 MB copy
-takes ~0.24 ms). The compiled kernel (`kernels.py`) keeps one byte per output, which of the window's four
+of an Intel Xeon) the three pools' forward and backward took ~2.9 ms, timed one pool at a time, of a ~13 ms
+step: far above what their bytes cost (a 5.5 MB copy takes ~0.24 ms). The compiled kernel (`kernels.py`) keeps one byte per output, which of the window's four
 elements won, and its backward writes every input gradient once. It chooses as torch does
 (the first maximum of a tie, a NaN over any number), so outputs and gradients are torch's bit for bit
 (tests/models/test_pool.py holds them equal, ties and NaNs included).
@@ -66,7 +66,8 @@ class _Pool2x2(torch.autograd.Function):
 
 
 class MaxPool2x2(nn.MaxPool2d):
-    """2x2 max-pooling with stride 2 (floor): `nn.MaxPool2d(2)`, trained through `_pool2x2` where it applies."""
+    """2x2 max-pooling with stride 2 (floor): `nn.MaxPool2d(2)`, trained through the compiled kernel where it
+    applies."""
 
     def __init__(self) -> None:
         super().__init__(2)

@@ -114,11 +114,11 @@ def test_a_keras_twin_that_dies_is_one_error_line(tmp_path):
 def test_pipelines_take_turns_window_by_window(monkeypatch):
     """The timed steps of every pipeline run in windows, interleaved, the order rotating window by window."""
     order: list[tuple[str, int]] = []
-    real_window = train_bench._timed_window
+    real_timed = train_bench.timed
 
-    def logged(step, device, steps):
+    def logged(step, steps, device=None):
         order.append((step_names[id(step)], steps))
-        return real_window(step, device, steps)
+        return real_timed(step, steps, device)
 
     step_names: dict[int, str] = {}
     real_pipeline = train_bench._pipeline
@@ -128,7 +128,7 @@ def test_pipelines_take_turns_window_by_window(monkeypatch):
         step_names[id(step)] = name
         return step
 
-    monkeypatch.setattr(train_bench, "_timed_window", logged)
+    monkeypatch.setattr(train_bench, "timed", logged)
     monkeypatch.setattr(train_bench, "_pipeline", named)
     bench = train_bench.TrainBench(
         models=("cnn",), batch_size=32, steps=5, warmup=0, window=2, precisions=("no",), repeats=1
