@@ -35,4 +35,7 @@ def test_the_fused_update_matches_the_loop():
                 optimizer.step()
             models.append(model)
         for fused, loop in zip(models[0].parameters(), models[1].parameters(), strict=True):
+            # the two differ by float32 rounding of each update: a few ulps of a weight (|w| < 1: ~1e-7)
+            # per step on any CPU; a wrong update (another formula, a missed decay) moves weights by
+            # ~lr x grad, >= 1e-4 here, far outside these bounds
             torch.testing.assert_close(fused, loop, rtol=1e-5, atol=1e-6)
