@@ -13,6 +13,13 @@
  *     as torch's `x * mask` has it (a dropped inf or NaN gives NaN, a dropped -1 gives -0).
  * dropout_backward(grad_out, keep, grad_in, count, scale, is_bf16)
  *     grad_in[i] = grad_out[i] * (keep[i] ? scale : 0).
+ * pool_relu_dropout_forward(x, out, code, batch, height, width, channels, is_bf16, threshold, scale, seed)
+ *     The pool, torch's ReLU and the dropout above in one call (pool.py `PoolReluDropoutSequential`): out as
+ *     the three give it, the keep bytes drawn as dropout_forward draws them over out, and one code byte per
+ *     output: which (bits 0-1), keep (bit 2), the ReLU passes a gradient (bit 3).
+ * pool_relu_dropout_backward(grad_out, code, grad_in, batch, height, width, channels, itemsize, scale)
+ *     The three backwards in one: grad_in gets grad_out * (keep ? scale : 0) where the code points and the
+ *     ReLU passes, 0 everywhere else.
  * augment(images, n, index, flip, dy, dx, box, out, count, height, width)
  *     The engine's training augmentation (engine/batches.py `apply_augment`) of uint8 images[index[i]]
  *     ([n, height, width]; index int64 [count], each checked against n) into out [count, height, width]:
@@ -108,29 +115,32 @@ WINDOW(window_bf16, uint16_t, bf16_to_float)
 WINDOW(window_f32, float, IDENTITY)
 
 
-/* One of a window's four positions across the channels: g where the window's code chose it, else 0 (a zero
- * of either dtype is all zero bits), as a mask: a select compiled to a branch on the random codes measured
- * 30x slower. Four passes per window, each vectorised (restrict pointers). */
+/* One of a window's four positions across the channels: g where the window's code (its low two bits) chose
+ * it, else 0 (a zero of either dtype is all zero bits), as a mask: a select compiled to a branch on the random
+ * codes measured 30x slower. Four passes per window, each vectorised (restrict pointers). */
 #define PICK(NAME, T)                                                                                          \
     static inline void NAME(T *restrict dst, const T *restrict g, const uint8_t *restrict k, uint8_t which,    \
                             Py_ssize_t channels)                                                               \
     {                                                                                                          \
         for (Py_ssize_t ch = 0; ch < channels; ch++)                                                           \
-            dst[ch] = g[ch] & (T)(0u - (unsigned)(k[ch] == which));                                            \
+            dst[ch] = g[ch] & (T)(0u - (unsigned)((k[ch] & 3u) == which));                                     \
     }
 PICK(pick_16, uint16_t)
 PICK(pick_32, uint32_t)
 
-/* grad_in's rows under output row i, then a trailing odd column, then (per image) a trailing odd row. */
-#define UNPOOL(T, PICK_FN)                                                                                     \
+/* grad_in's rows under output row i, then a trailing odd column, then (per image) a trailing odd row. ROW is
+ * the output row's gradient as the windows route it: `grad` itself for the pool, gated by the codes for the
+ * fused layer. */
+#define UNPOOL(T, PICK_FN, ROW)                                                                                \
     const Py_ssize_t out_h = height / 2, out_w = width / 2, row = width * channels;                            \
     for (Py_ssize_t n = 0; n < images; n++) {                                                                  \
         T *image = grad_in + n * height * row;                                                                 \
         for (Py_ssize_t i = 0; i < out_h; i++) {                                                               \
             T *top = image + 2 * i * row;                                                                      \
+            const T *row_grad = ROW;                                                                           \
             for (Py_ssize_t j = 0; j < out_w; j++) {                                                           \
                 T *a = top + 2 * j * channels;                                                                 \
-                const T *g = grad + j * channels;                                                              \
+                const T *g = row_grad + j * channels;                                                          \
                 const uint8_t *k = code + j * channels;                                                        \
                 PICK_FN(a, g, k, 0, channels);                                                                 \
                 PICK_FN(a + channels, g, k, 1, channels);                                                      \
@@ -157,6 +167,31 @@ static inline uint16_t float_to_bf16(float f)
     const uint16_t rounded = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
     return f != f ? (uint16_t)0x7FC0 : rounded;
 }
+
+/* The fused layer's gradient at its pool's outputs: the dropout's product (rounded as `SCALE` rounds it)
+ * where the ReLU passes (code bit 3), else +0 as `threshold_backward` writes it. */
+static inline void gate_16(uint16_t *restrict dst, const uint16_t *restrict g, const uint8_t *restrict k,
+                           Py_ssize_t count, float scale)
+{
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const uint16_t v = float_to_bf16(bf16_to_float(g[i]) * ((k[i] & 4u) ? scale : 0.0f));
+        dst[i] = v & (uint16_t)(0u - ((k[i] >> 3) & 1u));
+    }
+}
+
+static inline void gate_32(uint32_t *restrict dst, const uint32_t *restrict g, const uint8_t *restrict k,
+                           Py_ssize_t count, float scale)
+{
+    for (Py_ssize_t i = 0; i < count; i++) {
+        float v;
+        uint32_t u;
+        memcpy(&v, g + i, sizeof v);
+        v *= (k[i] & 4u) ? scale : 0.0f;
+        memcpy(&u, &v, sizeof u);
+        dst[i] = u & (0u - ((k[i] >> 3) & 1u));
+    }
+}
+
 
 static inline uint64_t splitmix64(uint64_t z)
 {
@@ -192,14 +227,58 @@ static inline uint64_t splitmix64(uint64_t z)
 #define SCALE_ARGS(T) const T *restrict in, const uint8_t *restrict keep, T *restrict out, Py_ssize_t count,     \
                       float scale
 #define DRAW_ARGS uint8_t *restrict keep, Py_ssize_t start, Py_ssize_t count, unsigned threshold, uint64_t seed
+#define FUSED_ARGS(T) POOL_ARGS(T), unsigned threshold, float scale, uint64_t seed
+#define UNFUSED_ARGS(T) UNPOOL_ARGS(T), float scale, T *row_buffer
+
+/* pool_relu_dropout's second pass, over the pooled output (cache-hot), DROPOUT_BLOCK at a time: the keep
+ * bytes as dropout draws them, element for element; the ReLU as torch's (`m < 0 ? 0 : m`: -0 and NaN pass);
+ * the product rounded once as `SCALE` rounds it; and the code gains the keep bit (bit 2) and whether the
+ * ReLU passes a gradient (bit 3): `threshold_backward`'s test on the ReLU's output, m > 0 or NaN. One loop
+ * with the pool's window measured 20x slower: it did not vectorise. */
+#define RELU_DROPOUT(T, LOAD, STORE, DRAW_FN)                                                                  \
+    const Py_ssize_t total = images * (height / 2) * (width / 2) * channels;                                   \
+    uint8_t keep[DROPOUT_BLOCK];                                                                               \
+    for (Py_ssize_t start = 0; start < total; start += DROPOUT_BLOCK) {                                        \
+        const Py_ssize_t count = total - start < DROPOUT_BLOCK ? total - start : DROPOUT_BLOCK;                \
+        T *restrict y = pooled + start;                                                                        \
+        uint8_t *restrict k = codes + start;                                                                   \
+        DRAW_FN(keep, start, count, threshold, seed);                                                          \
+        for (Py_ssize_t i = 0; i < count; i++) {                                                               \
+            const float m = LOAD(y[i]);                                                                        \
+            y[i] = STORE((m < 0.0f ? 0.0f : m) * (keep[i] ? scale : 0.0f));                                    \
+            k[i] = (uint8_t)(k[i] | keep[i] << 2 | ((m > 0.0f) | (m != m)) << 3);                              \
+        }                                                                                                      \
+    }
 
 /* Every kernel, built with attribute ATTR under names ending in SUFFIX, and its row in the dispatch table. */
 #define KERNELS(SUFFIX, ATTR)                                                                                  \
     ATTR static void pool_bf16_##SUFFIX(POOL_ARGS(uint16_t)) { POOL(uint16_t, window_bf16) }                   \
     ATTR static void pool_f32_##SUFFIX(POOL_ARGS(float)) { POOL(float, window_f32) }                           \
-    ATTR static void unpool_16_##SUFFIX(UNPOOL_ARGS(uint16_t)) { UNPOOL(uint16_t, pick_16) }                   \
-    ATTR static void unpool_32_##SUFFIX(UNPOOL_ARGS(uint32_t)) { UNPOOL(uint32_t, pick_32) }                   \
+    ATTR static void unpool_16_##SUFFIX(UNPOOL_ARGS(uint16_t)) { UNPOOL(uint16_t, pick_16, grad) }             \
+    ATTR static void unpool_32_##SUFFIX(UNPOOL_ARGS(uint32_t)) { UNPOOL(uint32_t, pick_32, grad) }             \
     ATTR static void draw_keep_##SUFFIX(DRAW_ARGS) { DRAW_KEEP }                                               \
+    ATTR static void fused_bf16_##SUFFIX(FUSED_ARGS(uint16_t))                                                 \
+    {                                                                                                          \
+        uint16_t *pooled = out; /* POOL moves out and code along */                                            \
+        uint8_t *codes = code;                                                                                 \
+        POOL(uint16_t, window_bf16)                                                                            \
+        RELU_DROPOUT(uint16_t, bf16_to_float, float_to_bf16, draw_keep_##SUFFIX)                               \
+    }                                                                                                          \
+    ATTR static void fused_f32_##SUFFIX(FUSED_ARGS(float))                                                     \
+    {                                                                                                          \
+        float *pooled = out;                                                                                   \
+        uint8_t *codes = code;                                                                                 \
+        POOL(float, window_f32)                                                                                \
+        RELU_DROPOUT(float, IDENTITY, IDENTITY, draw_keep_##SUFFIX)                                            \
+    }                                                                                                          \
+    ATTR static void unfused_16_##SUFFIX(UNFUSED_ARGS(uint16_t))                                               \
+    {                                                                                                          \
+        UNPOOL(uint16_t, pick_16, (gate_16(row_buffer, grad, code, out_w * channels, scale), row_buffer))      \
+    }                                                                                                          \
+    ATTR static void unfused_32_##SUFFIX(UNFUSED_ARGS(uint32_t))                                               \
+    {                                                                                                          \
+        UNPOOL(uint32_t, pick_32, (gate_32(row_buffer, grad, code, out_w * channels, scale), row_buffer))      \
+    }                                                                                                          \
     ATTR static void scale_bf16_##SUFFIX(SCALE_ARGS(uint16_t)) { SCALE(bf16_to_float, float_to_bf16) }         \
     ATTR static void scale_f32_##SUFFIX(SCALE_ARGS(float)) { SCALE(IDENTITY, IDENTITY) }                       \
     static const Kernels kernels_##SUFFIX = {#SUFFIX,                                                          \
@@ -209,7 +288,11 @@ static inline uint64_t splitmix64(uint64_t z)
                                              unpool_32_##SUFFIX,                                               \
                                              draw_keep_##SUFFIX,                                               \
                                              scale_bf16_##SUFFIX,                                              \
-                                             scale_f32_##SUFFIX};
+                                             scale_f32_##SUFFIX,                                               \
+                                             fused_bf16_##SUFFIX,                                              \
+                                             fused_f32_##SUFFIX,                                               \
+                                             unfused_16_##SUFFIX,                                              \
+                                             unfused_32_##SUFFIX};
 
 typedef struct {
     const char *isa;
@@ -220,6 +303,10 @@ typedef struct {
     void (*draw_keep)(DRAW_ARGS);
     void (*scale_bf16)(SCALE_ARGS(uint16_t));
     void (*scale_f32)(SCALE_ARGS(float));
+    void (*fused_bf16)(FUSED_ARGS(uint16_t));
+    void (*fused_f32)(FUSED_ARGS(float));
+    void (*unfused_16)(UNFUSED_ARGS(uint16_t));
+    void (*unfused_32)(UNFUSED_ARGS(uint32_t));
 } Kernels;
 
 KERNELS(baseline, )
@@ -357,6 +444,62 @@ static PyObject *py_dropout_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_pool_relu_dropout_forward(PyObject *self, PyObject *args)
+{
+    unsigned long long x, out, code, seed;
+    Py_ssize_t images, height, width, channels;
+    unsigned int threshold;
+    float scale;
+    int is_bf16;
+    if (!PyArg_ParseTuple(args, "KKKnnnnpIfK:pool_relu_dropout_forward", &x, &out, &code, &images, &height, &width,
+                          &channels, &is_bf16, &threshold, &scale, &seed))
+        return NULL;
+    if (!sizes_ok(images, height, width, channels))
+        return NULL;
+    if (threshold > 255) {
+        PyErr_SetString(PyExc_ValueError, "pool_relu_dropout_forward: needs threshold <= 255");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (is_bf16)
+        K->fused_bf16((const uint16_t *)(uintptr_t)x, (uint16_t *)(uintptr_t)out, (uint8_t *)(uintptr_t)code,
+                      images, height, width, channels, threshold, scale, (uint64_t)seed);
+    else
+        K->fused_f32((const float *)(uintptr_t)x, (float *)(uintptr_t)out, (uint8_t *)(uintptr_t)code, images,
+                     height, width, channels, threshold, scale, (uint64_t)seed);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_pool_relu_dropout_backward(PyObject *self, PyObject *args)
+{
+    unsigned long long grad, code, grad_in;
+    Py_ssize_t images, height, width, channels, itemsize;
+    float scale;
+    if (!PyArg_ParseTuple(args, "KKKnnnnnf:pool_relu_dropout_backward", &grad, &code, &grad_in, &images, &height,
+                          &width, &channels, &itemsize, &scale))
+        return NULL;
+    if (!sizes_ok(images, height, width, channels))
+        return NULL;
+    if (itemsize != 2 && itemsize != 4) {
+        PyErr_SetString(PyExc_ValueError, "pool_relu_dropout_backward: itemsize must be 2 or 4");
+        return NULL;
+    }
+    void *row_buffer = PyMem_RawMalloc((size_t)(width / 2) * (size_t)channels * (size_t)itemsize);
+    if (!row_buffer)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    if (itemsize == 2)
+        K->unfused_16((const uint16_t *)(uintptr_t)grad, (const uint8_t *)(uintptr_t)code,
+                      (uint16_t *)(uintptr_t)grad_in, images, height, width, channels, scale, row_buffer);
+    else
+        K->unfused_32((const uint32_t *)(uintptr_t)grad, (const uint8_t *)(uintptr_t)code,
+                      (uint32_t *)(uintptr_t)grad_in, images, height, width, channels, scale, row_buffer);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(row_buffer);
+    Py_RETURN_NONE;
+}
+
 /* One image of `augment`: a row outside the source is zero; in a row, the columns that come from inside the
  * source are a run, the rest zero. */
 static void augment_one(const uint8_t *src, uint8_t *out, Py_ssize_t height, Py_ssize_t width, int flip,
@@ -452,6 +595,10 @@ static PyMethodDef methods[] = {
     {"pool_backward", py_pool_backward, METH_VARARGS, "The max-pool's input gradient from its output gradient and codes."},
     {"dropout_forward", py_dropout_forward, METH_VARARGS, "Inverted dropout of a bf16/float32 buffer; its keep mask."},
     {"dropout_backward", py_dropout_backward, METH_VARARGS, "The dropout's input gradient from its keep mask."},
+    {"pool_relu_dropout_forward", py_pool_relu_dropout_forward, METH_VARARGS,
+     "2x2 max-pool, ReLU and inverted dropout in one pass; one code byte per output."},
+    {"pool_relu_dropout_backward", py_pool_relu_dropout_backward, METH_VARARGS,
+     "The fused layer's input gradient from its output gradient and codes."},
     {"augment", py_augment, METH_VARARGS, "Flip, shift and erase uint8 images picked by an index (the engine's)."},
     {NULL, NULL, 0, NULL},
 };

@@ -56,3 +56,9 @@ def eager_cpu(x: Tensor) -> bool:
         and not torch.compiler.is_compiling()
         and compiled() is not None
     )
+
+
+def dropout_seed() -> int:
+    """A seed for the dropout kernels' stream: 64 bits of torch's CPU generator (the full range: `random_()`
+    alone leaves the top bit 0), so `torch.manual_seed` governs the masks."""
+    return int(torch.empty((), dtype=torch.int64).random_(-(2**63), 2**63 - 1)) % 2**64

@@ -67,8 +67,7 @@ class _KernelDropout(torch.autograd.Function):
     def forward(ctx, x: Tensor, threshold: int, scale: float, layout: torch.memory_format) -> Tensor:  # noqa: ANN001
         out = torch.empty_like(x, memory_format=layout)
         keep = torch.empty(x.numel(), dtype=torch.uint8)
-        # 64 bits of torch's CPU generator seed the kernel's stream (full range: random_() alone leaves the top bit 0)
-        seed = int(torch.empty((), dtype=torch.int64).random_(-(2**63), 2**63 - 1)) % 2**64
+        seed = kernels.dropout_seed()
         bf16 = x.dtype == torch.bfloat16
         kernels.compiled().dropout_forward(
             x.data_ptr(), out.data_ptr(), keep.data_ptr(), x.numel(), threshold, scale, seed, bf16

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fashiondist.models import kernels
+from fashiondist.models.layers import Dropout
 
 
 def uses_kernel(x: Tensor) -> bool:
@@ -76,3 +77,85 @@ class MaxPool2x2(nn.MaxPool2d):
         if uses_kernel(x):
             return _Pool2x2.apply(x)
         return F.max_pool2d(x, 2)
+
+
+class _PoolReluDropout(torch.autograd.Function):
+    """MaxPool2x2, ReLU and `Dropout` in one kernel: one pass and one code byte per output (which of the
+    window won, the keep bit, whether the ReLU passes), where the three layers make four passes and keep
+    three tensors. The keep bits are the dropout kernel's, drawn from the same seed in the same order, so the
+    numbers are those of the three layers run one after another, bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, threshold: int, scale: float) -> Tensor:  # noqa: ANN001 - autograd's context
+        n, c, h, w = x.shape
+        out = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, memory_format=torch.channels_last)
+        code = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8)
+        seed = kernels.dropout_seed()
+        kernels.compiled().pool_relu_dropout_forward(
+            x.data_ptr(),
+            out.data_ptr(),
+            code.data_ptr(),
+            n,
+            h,
+            w,
+            c,
+            x.dtype == torch.bfloat16,
+            threshold,
+            scale,
+            seed,
+        )
+        ctx.save_for_backward(code)
+        ctx.input_shape, ctx.dtype, ctx.scale = (n, c, h, w), x.dtype, scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
+        (code,) = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        grad = grad.to(ctx.dtype).contiguous(memory_format=torch.channels_last)
+        grad_in = torch.empty(ctx.input_shape, dtype=ctx.dtype, memory_format=torch.channels_last)
+        kernels.compiled().pool_relu_dropout_backward(
+            grad.data_ptr(),
+            code.data_ptr(),
+            grad_in.data_ptr(),
+            n,
+            h,
+            w,
+            c,
+            grad_in.element_size(),
+            ctx.scale,
+        )
+        return grad_in, None, None
+
+
+class PoolReluDropoutSequential(nn.Sequential):
+    """`nn.Sequential` that trains each MaxPool2x2, ReLU, Dropout run of its layers as one kernel
+    (`_PoolReluDropout`) where the pool's kernel applies; otherwise, and in eval mode, it is `nn.Sequential`.
+    The layers stay where they are, so the state dict, the exported graph and the numbers do not change."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        layers = list(self)
+        i = 0
+        while i < len(layers):
+            if _fusable(layers, i, x):
+                dropout = layers[i + 2]
+                x = _PoolReluDropout.apply(x, dropout.threshold, dropout.scale)
+                i += 3
+            else:
+                x = layers[i](x)
+                i += 1
+        return x
+
+
+def _fusable(layers: list[nn.Module], i: int, x: Tensor) -> bool:
+    if i + 2 >= len(layers) or not isinstance(layers[i], MaxPool2x2):
+        return False
+    relu, dropout = layers[i + 1], layers[i + 2]
+    return (
+        type(relu) is nn.ReLU
+        and type(dropout) is Dropout
+        and dropout.training
+        and dropout.threshold > 0
+        and uses_kernel(x)
+    )

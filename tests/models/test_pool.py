@@ -104,16 +104,17 @@ def test_a_training_step_has_the_same_gradients_with_and_without_the_kernel(
     monkeypatch, sample_batch, name, dtype
 ):
     """The whole model, as the engine trains it on the CPU (channels_last, autocast for bf16): identical loss
-    and parameter gradients with torch's pool (the dropout kernel in both, the same masks)."""
+    and parameter gradients with torch's pool (the dropout kernel in both, the same masks). cnn-dropout's
+    pools run fused with their ReLU and dropout (`PoolReluDropoutSequential`), the others' on their own."""
     images, labels = sample_batch
     calls = []
-    kernel_forward = pool._Pool2x2.forward
+    for kernel in (pool._Pool2x2, pool._PoolReluDropout):
 
-    def counted(ctx, x):
-        calls.append(x.shape)
-        return kernel_forward(ctx, x)
+        def counted(ctx, x, *args, kernel_forward=kernel.forward):
+            calls.append(x.shape)
+            return kernel_forward(ctx, x, *args)
 
-    monkeypatch.setattr(pool._Pool2x2, "forward", staticmethod(counted))
+        monkeypatch.setattr(kernel, "forward", staticmethod(counted))
 
     def step(with_kernel: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         torch.manual_seed(0)
