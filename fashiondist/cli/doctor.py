@@ -91,15 +91,16 @@ def _csv_reader() -> dict[str, Any]:
 
 
 def _cpu_kernels() -> dict[str, Any]:
-    """Whether the C training kernels (max-pool, dropout, batch augmentation) were built, and which build
-    this CPU runs."""
-    from fashiondist.models.kernels import kernel_isa
+    """Whether the C training kernels (max-pool, dropout, batch augmentation) were built, which build this CPU
+    runs, and over how many of torch's threads a call is split."""
+    from fashiondist.models.kernels import kernel_isa, kernel_threads
 
-    isa = kernel_isa()
+    isa, threads = kernel_isa(), kernel_threads()
     return {
         "compiled": isa is not None,
         "isa": isa,
-        "note": f"max-pool, dropout and augmentation in C, the {isa} build"
+        "threads": threads,
+        "note": f"max-pool, dropout and augmentation in C, the {isa} build on {threads} thread(s)"
         if isa
         else "torch ops only: the C extension was not built (no C compiler at install); reinstall with one",
     }

@@ -44,6 +44,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <dlfcn.h>
 
 /* Each kernel is built three times, for AVX-512 (F, BW, DQ, VL), AVX2 and the x86-64 baseline, and the module
  * picks the best this CPU runs when it loads (`isa()` says which; `use_isa` switches, for the tests). The
@@ -203,15 +204,17 @@ static inline uint64_t splitmix64(uint64_t z)
 #define GOLDEN_GAMMA 0x9E3779B97F4A7C15ull /* splitmix64's increment */
 #define DROPOUT_BLOCK 4096                 /* elements per block: its bytes stay in L1 between the passes */
 
-/* keep[i] for i in [start, start + count), start a multiple of 8, count <= DROPOUT_BLOCK: the words into a
- * buffer, then their bytes against the threshold, two loops that vectorise (one loop that took each word's
- * bytes by shifts stayed scalar). */
+/* keep[i] for i in [start, start + count), count <= DROPOUT_BLOCK: the words into a buffer, then their bytes
+ * against the threshold, two loops that vectorise (one loop that took each word's bytes by shifts stayed
+ * scalar). Byte i is byte i % 8 of word i / 8 wherever a draw starts, so a split of the work draws the
+ * same mask. */
 #define DRAW_KEEP                                                                                              \
-    uint64_t words[DROPOUT_BLOCK / 8];                                                                         \
-    const uint64_t first = (uint64_t)(start / 8) + 1, n = (uint64_t)(count + 7) / 8;                           \
+    uint64_t words[DROPOUT_BLOCK / 8 + 1];                                                                     \
+    const Py_ssize_t skip = start % 8;                                                                         \
+    const uint64_t first = (uint64_t)(start / 8) + 1, n = (uint64_t)(skip + count + 7) / 8;                    \
     for (uint64_t w = 0; w < n; w++)                                                                           \
         words[w] = splitmix64(seed + (first + w) * GOLDEN_GAMMA);                                              \
-    const uint8_t *restrict bytes = (const uint8_t *)words;                                                    \
+    const uint8_t *restrict bytes = (const uint8_t *)words + skip;                                             \
     for (Py_ssize_t i = 0; i < count; i++)                                                                     \
         keep[i] = bytes[i] >= threshold;
 
@@ -227,11 +230,11 @@ static inline uint64_t splitmix64(uint64_t z)
 #define SCALE_ARGS(T) const T *restrict in, const uint8_t *restrict keep, T *restrict out, Py_ssize_t count,     \
                       float scale
 #define DRAW_ARGS uint8_t *restrict keep, Py_ssize_t start, Py_ssize_t count, unsigned threshold, uint64_t seed
-#define FUSED_ARGS(T) POOL_ARGS(T), unsigned threshold, float scale, uint64_t seed
+#define FUSED_ARGS(T) POOL_ARGS(T), unsigned threshold, float scale, uint64_t seed, Py_ssize_t first
 #define UNFUSED_ARGS(T) UNPOOL_ARGS(T), float scale, T *row_buffer
 
 /* pool_relu_dropout's second pass, over the pooled output (cache-hot), DROPOUT_BLOCK at a time: the keep
- * bytes as dropout draws them, element for element; the ReLU as torch's (`m < 0 ? 0 : m`: -0 and NaN pass);
+ * bytes as dropout draws them, element for element (`first`: the index of out[0] in the whole output); the ReLU as torch's (`m < 0 ? 0 : m`: -0 and NaN pass);
  * the product rounded once as `SCALE` rounds it; and the code gains the keep bit (bit 2) and whether the
  * ReLU passes a gradient (bit 3): `threshold_backward`'s test on the ReLU's output, m > 0 or NaN. One loop
  * with the pool's window measured 20x slower: it did not vectorise. */
@@ -242,7 +245,7 @@ static inline uint64_t splitmix64(uint64_t z)
         const Py_ssize_t count = total - start < DROPOUT_BLOCK ? total - start : DROPOUT_BLOCK;                \
         T *restrict y = pooled + start;                                                                        \
         uint8_t *restrict k = codes + start;                                                                   \
-        DRAW_FN(keep, start, count, threshold, seed);                                                          \
+        DRAW_FN(keep, first + start, count, threshold, seed);                                                  \
         for (Py_ssize_t i = 0; i < count; i++) {                                                               \
             const float m = LOAD(y[i]);                                                                        \
             y[i] = STORE((m < 0.0f ? 0.0f : m) * (keep[i] ? scale : 0.0f));                                    \
@@ -333,17 +336,153 @@ static int runnable(const Kernels **out)
     return n;
 }
 
-static void dropout_forward(const void *x, void *out, uint8_t *keep, Py_ssize_t count, unsigned threshold,
-                            float scale, uint64_t seed, int is_bf16)
+/* The work of one call split over torch's own OpenMP threads: the libgomp torch loaded (its wheels bundle
+ * one), found by soname and used only if it is already in the process (RTLD_NOLOAD). Those threads are the
+ * ones that spin between torch's ops, so a part starts at once, and the data a conv left in the other
+ * core's cache is read where it lies; threads of our own measured slower than one thread (they competed
+ * with the spinning ones). Without that libgomp, or under `use_threads(1)`, a call runs on its caller. The
+ * parts are images (the pools) or dropout blocks, and every part writes what one thread would have written,
+ * so the numbers do not depend on the split. */
+typedef void (*PartFn)(const void *job, Py_ssize_t lo, Py_ssize_t hi);
+typedef struct {
+    PartFn fn;
+    const void *job;
+    Py_ssize_t count;
+} Split;
+
+static void (*gomp_parallel)(void (*)(void *), void *, unsigned, unsigned);
+static int (*omp_thread_num)(void), (*omp_num_threads)(void), (*omp_max_threads)(void);
+static int split_threads = 0;                /* 0: OpenMP's own count (torch.set_num_threads), 1: no split */
+#define SPLIT_MIN_BYTES ((Py_ssize_t)1 << 17) /* below ~128 KiB written, waking a thread costs more */
+
+static void find_openmp(void)
 {
-    for (Py_ssize_t start = 0; start < count; start += DROPOUT_BLOCK) {
-        const Py_ssize_t n = count - start < DROPOUT_BLOCK ? count - start : DROPOUT_BLOCK;
-        K->draw_keep(keep + start, start, n, threshold, seed);
-        if (is_bf16)
-            K->scale_bf16((const uint16_t *)x + start, keep + start, (uint16_t *)out + start, n, scale);
-        else
-            K->scale_f32((const float *)x + start, keep + start, (float *)out + start, n, scale);
+    void *gomp = dlopen("libgomp.so.1", RTLD_LAZY | RTLD_NOLOAD);
+    if (!gomp)
+        return;
+    *(void **)&omp_thread_num = dlsym(gomp, "omp_get_thread_num");
+    *(void **)&omp_num_threads = dlsym(gomp, "omp_get_num_threads");
+    *(void **)&omp_max_threads = dlsym(gomp, "omp_get_max_threads");
+    if (omp_thread_num && omp_num_threads && omp_max_threads)
+        *(void **)&gomp_parallel = dlsym(gomp, "GOMP_parallel");
+}
+
+static int thread_index(void)
+{
+    return gomp_parallel ? omp_thread_num() : 0;
+}
+
+/* How many parts may run at once: the row buffers a call needs. */
+static int max_parts(void)
+{
+    if (!gomp_parallel || split_threads == 1)
+        return 1;
+    return split_threads > 1 ? split_threads : omp_max_threads();
+}
+
+static void run_part(void *arg)
+{
+    const Split *split = arg;
+    const Py_ssize_t t = omp_thread_num(), parts = omp_num_threads();
+    const Py_ssize_t lo = split->count * t / parts, hi = split->count * (t + 1) / parts;
+    if (lo < hi)
+        split->fn(split->job, lo, hi);
+}
+
+/* fn(job, lo, hi) over [0, count), in one part per thread where `bytes` (what the call writes) is worth it. */
+static void run_split(PartFn fn, const void *job, Py_ssize_t count, Py_ssize_t bytes)
+{
+    if (gomp_parallel && split_threads != 1 && count > 1 && bytes >= SPLIT_MIN_BYTES) {
+        Split split = {fn, job, count};
+        gomp_parallel(run_part, &split, (unsigned)split_threads, 0);
+    } else if (count > 0) {
+        fn(job, 0, count);
     }
+}
+
+/* The pools, plain or fused, forward and backward: parts are images. */
+typedef struct {
+    const char *in;
+    char *out;
+    uint8_t *code;
+    Py_ssize_t height, width, channels, itemsize;
+    int fused;
+    unsigned threshold;
+    float scale;
+    uint64_t seed;
+    char *row_buffers; /* backward of the fused layer: one output row per part */
+} PoolJob;
+
+static void pool_part(const void *arg, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const PoolJob *j = arg;
+    const Py_ssize_t in_image = j->height * j->width * j->channels;
+    const Py_ssize_t out_image = (j->height / 2) * (j->width / 2) * j->channels;
+    const void *x = j->in + lo * in_image * j->itemsize;
+    void *out = j->out + lo * out_image * j->itemsize;
+    uint8_t *code = j->code + lo * out_image;
+    const Py_ssize_t n = hi - lo, h = j->height, w = j->width, c = j->channels;
+    if (j->fused && j->itemsize == 2)
+        K->fused_bf16(x, out, code, n, h, w, c, j->threshold, j->scale, j->seed, lo * out_image);
+    else if (j->fused)
+        K->fused_f32(x, out, code, n, h, w, c, j->threshold, j->scale, j->seed, lo * out_image);
+    else if (j->itemsize == 2)
+        K->pool_bf16(x, out, code, n, h, w, c);
+    else
+        K->pool_f32(x, out, code, n, h, w, c);
+}
+
+/* in: the output's gradient, out: the input's. */
+static void unpool_part(const void *arg, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const PoolJob *j = arg;
+    const Py_ssize_t in_image = j->height * j->width * j->channels;
+    const Py_ssize_t out_row = (j->width / 2) * j->channels, out_image = (j->height / 2) * out_row;
+    const void *grad = j->in + lo * out_image * j->itemsize;
+    void *grad_in = j->out + lo * in_image * j->itemsize;
+    const uint8_t *code = j->code + lo * out_image;
+    const Py_ssize_t n = hi - lo, h = j->height, w = j->width, c = j->channels;
+    void *row_buffer = j->row_buffers + thread_index() * out_row * j->itemsize;
+    if (j->fused && j->itemsize == 2)
+        K->unfused_16(grad, code, grad_in, n, h, w, c, j->scale, row_buffer);
+    else if (j->fused)
+        K->unfused_32(grad, code, grad_in, n, h, w, c, j->scale, row_buffer);
+    else if (j->itemsize == 2)
+        K->unpool_16(grad, code, grad_in, n, h, w, c);
+    else
+        K->unpool_32(grad, code, grad_in, n, h, w, c);
+}
+
+/* Dropout forward (draw and scale) and backward (scale): parts are DROPOUT_BLOCKs. */
+typedef struct {
+    const char *in;
+    char *out;
+    uint8_t *keep;
+    Py_ssize_t count, itemsize;
+    int draw;
+    unsigned threshold;
+    float scale;
+    uint64_t seed;
+} DropoutJob;
+
+static void dropout_part(const void *arg, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const DropoutJob *j = arg;
+    for (Py_ssize_t block = lo; block < hi; block++) {
+        const Py_ssize_t start = block * DROPOUT_BLOCK;
+        const Py_ssize_t n = j->count - start < DROPOUT_BLOCK ? j->count - start : DROPOUT_BLOCK;
+        if (j->draw)
+            K->draw_keep(j->keep + start, start, n, j->threshold, j->seed);
+        if (j->itemsize == 2)
+            K->scale_bf16((const uint16_t *)j->in + start, j->keep + start, (uint16_t *)j->out + start, n, j->scale);
+        else
+            K->scale_f32((const float *)j->in + start, j->keep + start, (float *)j->out + start, n, j->scale);
+    }
+}
+
+static void run_dropout(DropoutJob *job)
+{
+    run_split(dropout_part, job, (job->count + DROPOUT_BLOCK - 1) / DROPOUT_BLOCK, job->count * job->itemsize);
 }
 
 static int sizes_ok(Py_ssize_t images, Py_ssize_t height, Py_ssize_t width, Py_ssize_t channels)
@@ -353,6 +492,34 @@ static int sizes_ok(Py_ssize_t images, Py_ssize_t height, Py_ssize_t width, Py_s
         return 0;
     }
     return 1;
+}
+
+static int itemsize_ok(Py_ssize_t itemsize, const char *name)
+{
+    if (itemsize != 2 && itemsize != 4) {
+        PyErr_Format(PyExc_ValueError, "%s: itemsize must be 2 or 4", name);
+        return 0;
+    }
+    return 1;
+}
+
+static void run_pool(PoolJob *job, Py_ssize_t images)
+{
+    const Py_ssize_t bytes = images * job->height * job->width * job->channels * job->itemsize;
+    run_split(pool_part, job, images, bytes / 4);
+}
+
+static PyObject *run_unpool(PoolJob *job, Py_ssize_t images)
+{
+    const Py_ssize_t out_row = (job->width / 2) * job->channels * job->itemsize;
+    job->row_buffers = job->fused ? PyMem_RawMalloc((size_t)(max_parts() * out_row)) : NULL;
+    if (job->fused && !job->row_buffers)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    run_split(unpool_part, job, images, images * job->height * job->width * job->channels * job->itemsize);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(job->row_buffers);
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_pool_forward(PyObject *self, PyObject *args)
@@ -365,13 +532,10 @@ static PyObject *py_pool_forward(PyObject *self, PyObject *args)
         return NULL;
     if (!sizes_ok(images, height, width, channels))
         return NULL;
+    PoolJob job = {(const char *)(uintptr_t)x, (char *)(uintptr_t)out, (uint8_t *)(uintptr_t)code, height, width,
+                   channels, is_bf16 ? 2 : 4};
     Py_BEGIN_ALLOW_THREADS
-    if (is_bf16)
-        K->pool_bf16((const uint16_t *)(uintptr_t)x, (uint16_t *)(uintptr_t)out, (uint8_t *)(uintptr_t)code,
-                     images, height, width, channels);
-    else
-        K->pool_f32((const float *)(uintptr_t)x, (float *)(uintptr_t)out, (uint8_t *)(uintptr_t)code, images,
-                    height, width, channels);
+    run_pool(&job, images);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -383,21 +547,11 @@ static PyObject *py_pool_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKKnnnnn:pool_backward", &grad, &code, &grad_in, &images, &height, &width, &channels,
                           &itemsize))
         return NULL;
-    if (!sizes_ok(images, height, width, channels))
+    if (!sizes_ok(images, height, width, channels) || !itemsize_ok(itemsize, "pool_backward"))
         return NULL;
-    if (itemsize != 2 && itemsize != 4) {
-        PyErr_SetString(PyExc_ValueError, "pool_backward: itemsize must be 2 or 4");
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    if (itemsize == 2)
-        K->unpool_16((const uint16_t *)(uintptr_t)grad, (const uint8_t *)(uintptr_t)code,
-                    (uint16_t *)(uintptr_t)grad_in, images, height, width, channels);
-    else
-        K->unpool_32((const uint32_t *)(uintptr_t)grad, (const uint8_t *)(uintptr_t)code,
-                    (uint32_t *)(uintptr_t)grad_in, images, height, width, channels);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    PoolJob job = {(const char *)(uintptr_t)grad, (char *)(uintptr_t)grad_in, (uint8_t *)(uintptr_t)code, height,
+                   width, channels, itemsize};
+    return run_unpool(&job, images);
 }
 
 static PyObject *py_dropout_forward(PyObject *self, PyObject *args)
@@ -414,9 +568,10 @@ static PyObject *py_dropout_forward(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "dropout_forward: needs count >= 0 and threshold <= 255");
         return NULL;
     }
+    DropoutJob job = {(const char *)(uintptr_t)x, (char *)(uintptr_t)out, (uint8_t *)(uintptr_t)keep, count,
+                      is_bf16 ? 2 : 4, 1, threshold, scale, (uint64_t)seed};
     Py_BEGIN_ALLOW_THREADS
-    dropout_forward((const void *)(uintptr_t)x, (void *)(uintptr_t)out, (uint8_t *)(uintptr_t)keep, count,
-                    threshold, scale, (uint64_t)seed, is_bf16);
+    run_dropout(&job);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -433,13 +588,10 @@ static PyObject *py_dropout_backward(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "dropout_backward: needs count >= 0");
         return NULL;
     }
+    DropoutJob job = {(const char *)(uintptr_t)grad, (char *)(uintptr_t)grad_in, (uint8_t *)(uintptr_t)keep, count,
+                      is_bf16 ? 2 : 4, 0, 0, scale, 0};
     Py_BEGIN_ALLOW_THREADS
-    if (is_bf16)
-        K->scale_bf16((const uint16_t *)(uintptr_t)grad, (const uint8_t *)(uintptr_t)keep,
-                   (uint16_t *)(uintptr_t)grad_in, count, scale);
-    else
-        K->scale_f32((const float *)(uintptr_t)grad, (const uint8_t *)(uintptr_t)keep, (float *)(uintptr_t)grad_in,
-                  count, scale);
+    run_dropout(&job);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -460,13 +612,10 @@ static PyObject *py_pool_relu_dropout_forward(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "pool_relu_dropout_forward: needs threshold <= 255");
         return NULL;
     }
+    PoolJob job = {(const char *)(uintptr_t)x, (char *)(uintptr_t)out, (uint8_t *)(uintptr_t)code, height, width,
+                   channels, is_bf16 ? 2 : 4, 1, threshold, scale, (uint64_t)seed};
     Py_BEGIN_ALLOW_THREADS
-    if (is_bf16)
-        K->fused_bf16((const uint16_t *)(uintptr_t)x, (uint16_t *)(uintptr_t)out, (uint8_t *)(uintptr_t)code,
-                      images, height, width, channels, threshold, scale, (uint64_t)seed);
-    else
-        K->fused_f32((const float *)(uintptr_t)x, (float *)(uintptr_t)out, (uint8_t *)(uintptr_t)code, images,
-                     height, width, channels, threshold, scale, (uint64_t)seed);
+    run_pool(&job, images);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -479,25 +628,11 @@ static PyObject *py_pool_relu_dropout_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKKnnnnnf:pool_relu_dropout_backward", &grad, &code, &grad_in, &images, &height,
                           &width, &channels, &itemsize, &scale))
         return NULL;
-    if (!sizes_ok(images, height, width, channels))
+    if (!sizes_ok(images, height, width, channels) || !itemsize_ok(itemsize, "pool_relu_dropout_backward"))
         return NULL;
-    if (itemsize != 2 && itemsize != 4) {
-        PyErr_SetString(PyExc_ValueError, "pool_relu_dropout_backward: itemsize must be 2 or 4");
-        return NULL;
-    }
-    void *row_buffer = PyMem_RawMalloc((size_t)(width / 2) * (size_t)channels * (size_t)itemsize);
-    if (!row_buffer)
-        return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS
-    if (itemsize == 2)
-        K->unfused_16((const uint16_t *)(uintptr_t)grad, (const uint8_t *)(uintptr_t)code,
-                      (uint16_t *)(uintptr_t)grad_in, images, height, width, channels, scale, row_buffer);
-    else
-        K->unfused_32((const uint32_t *)(uintptr_t)grad, (const uint8_t *)(uintptr_t)code,
-                      (uint32_t *)(uintptr_t)grad_in, images, height, width, channels, scale, row_buffer);
-    Py_END_ALLOW_THREADS
-    PyMem_RawFree(row_buffer);
-    Py_RETURN_NONE;
+    PoolJob job = {(const char *)(uintptr_t)grad, (char *)(uintptr_t)grad_in, (uint8_t *)(uintptr_t)code, height,
+                   width, channels, itemsize, 1, 0, scale};
+    return run_unpool(&job, images);
 }
 
 /* One image of `augment`: a row outside the source is zero; in a row, the columns that come from inside the
@@ -587,10 +722,30 @@ static PyObject *py_use_isa(PyObject *self, PyObject *args)
     return NULL;
 }
 
+static PyObject *py_use_threads(PyObject *self, PyObject *args)
+{
+    int threads;
+    if (!PyArg_ParseTuple(args, "i:use_threads", &threads))
+        return NULL;
+    if (threads < 0) {
+        PyErr_SetString(PyExc_ValueError, "use_threads: needs 0 (OpenMP's count) or a positive count");
+        return NULL;
+    }
+    split_threads = threads;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_threads(PyObject *self, PyObject *noargs)
+{
+    return PyLong_FromLong(max_parts());
+}
+
 static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "Which build of the kernels runs: avx512, avx2 or baseline."},
     {"runnable_isas", py_runnable_isas, METH_NOARGS, "The builds this CPU can run, best first."},
     {"use_isa", py_use_isa, METH_VARARGS, "Run another build this CPU can run (tests compare them)."},
+    {"use_threads", py_use_threads, METH_VARARGS, "Split calls over n of torch's OpenMP threads (0: all, 1: none)."},
+    {"threads", py_threads, METH_NOARGS, "How many threads a large call is split over."},
     {"pool_forward", py_pool_forward, METH_VARARGS, "2x2 stride-2 max-pool of a [N, H, W, C] bf16/float32 buffer."},
     {"pool_backward", py_pool_backward, METH_VARARGS, "The max-pool's input gradient from its output gradient and codes."},
     {"dropout_forward", py_dropout_forward, METH_VARARGS, "Inverted dropout of a bf16/float32 buffer; its keep mask."},
@@ -610,5 +765,6 @@ PyMODINIT_FUNC PyInit__kernels(void)
     const Kernels *builds[3];
     runnable(builds);
     K = builds[0];
+    find_openmp();
     return PyModule_Create(&module);
 }

@@ -90,20 +90,10 @@ class _PoolReluDropout(torch.autograd.Function):
         n, c, h, w = x.shape
         out = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, memory_format=torch.channels_last)
         code = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8)
+        sizes, bf16 = (n, h, w, c), x.dtype == torch.bfloat16
+        pointers = (x.data_ptr(), out.data_ptr(), code.data_ptr())
         seed = kernels.dropout_seed()
-        kernels.compiled().pool_relu_dropout_forward(
-            x.data_ptr(),
-            out.data_ptr(),
-            code.data_ptr(),
-            n,
-            h,
-            w,
-            c,
-            x.dtype == torch.bfloat16,
-            threshold,
-            scale,
-            seed,
-        )
+        kernels.compiled().pool_relu_dropout_forward(*pointers, *sizes, bf16, threshold, scale, seed)
         ctx.save_for_backward(code)
         ctx.input_shape, ctx.dtype, ctx.scale = (n, c, h, w), x.dtype, scale
         return out
@@ -115,16 +105,9 @@ class _PoolReluDropout(torch.autograd.Function):
         n, c, h, w = ctx.input_shape
         grad = grad.to(ctx.dtype).contiguous(memory_format=torch.channels_last)
         grad_in = torch.empty(ctx.input_shape, dtype=ctx.dtype, memory_format=torch.channels_last)
+        pointers = (grad.data_ptr(), code.data_ptr(), grad_in.data_ptr())
         kernels.compiled().pool_relu_dropout_backward(
-            grad.data_ptr(),
-            code.data_ptr(),
-            grad_in.data_ptr(),
-            n,
-            h,
-            w,
-            c,
-            grad_in.element_size(),
-            ctx.scale,
+            *pointers, n, h, w, c, grad_in.element_size(), ctx.scale
         )
         return grad_in, None, None
 

@@ -54,6 +54,7 @@ def test_doctor_json_describes_this_machine(
     kernels = report["cpu_kernels"]
     assert kernels["compiled"] == (importlib.util.find_spec("fashiondist.models._kernels") is not None)
     assert kernels["isa"] in ({"avx512", "avx2", "baseline"} if kernels["compiled"] else {None})
+    assert 1 <= kernels["threads"] <= (os.cpu_count() if kernels["compiled"] else 1)
     auto = report["precision_auto"]
     if not report["gpus"]:
         assert auto["precision"] == ("bf16" if cpu["native_bf16"] else "no")

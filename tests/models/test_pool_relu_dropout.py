@@ -128,3 +128,30 @@ def test_the_fused_kernel_refuses_bad_arguments(kernel_isa):
         kernel.pool_relu_dropout_forward(0, 0, 0, 1, 4, 4, 4, True, 256, 1.25, 1)
     with pytest.raises(ValueError, match="itemsize must be 2 or 4"):
         kernel.pool_relu_dropout_backward(0, 0, 0, 1, 4, 4, 4, 8, 1.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_call_split_over_threads_writes_what_one_thread_writes(kernel_isa, monkeypatch, dtype):
+    """Large calls are split by images (dropout: by blocks) over torch's OpenMP threads; every kernel gives the
+    same bits split or not. 33 channels of 7 x 5 put a part's first dropout byte mid-word (99 outputs an
+    image), and the sizes are past the split's threshold."""
+    kernel = pool.kernels.compiled()
+    if pool.kernels.kernel_threads() < 2:
+        pytest.skip("one thread (or torch's OpenMP runtime not found): there is no split to compare")
+    shape = (512, 33, 7, 5)
+    x = _hostile(shape, dtype, seed=11)
+    dropout_in = _hostile((64, 37, 13, 11), dtype, seed=12)
+    results = []
+    try:
+        for threads in (1, 0):
+            kernel.use_threads(threads)
+            for layers in ([MaxPool2x2()], [MaxPool2x2(), nn.ReLU(), Dropout(0.4)], [Dropout(0.3)]):
+                inp = dropout_in if len(layers) == 1 and isinstance(layers[0], Dropout) else x
+                results.append(_both(layers, inp)[0])
+    finally:
+        kernel.use_threads(0)
+    half = len(results) // 2
+    for (out, grad), (ref, ref_grad) in zip(results[:half], results[half:], strict=True):
+        assert _same(out, ref) and _same(grad, ref_grad)
+    with pytest.raises(ValueError, match="use_threads"):
+        kernel.use_threads(-1)
