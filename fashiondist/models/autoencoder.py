@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
 from fashiondist.models.base import Classifier, classification_loss
-from fashiondist.models.layers import Dropout, keras_init, scaled
+from fashiondist.models.layers import Dropout, ImageConv2d, keras_init, scaled
 from fashiondist.models.pool import MaxPool2x2
 
 NOTEBOOK_CHANNELS = (256, 128)
@@ -48,7 +48,7 @@ class ConvAutoencoder(Classifier):
         self.recon_weight = recon_weight
         self.encoder = nn.Sequential(
             # ReLU after the pool: the same function as Keras' conv(relu) + pool, on a quarter of the elements.
-            nn.Conv2d(1, c1, 3, padding=1),  # [N, c1, 28, 28]
+            ImageConv2d(1, c1, 3, padding=1),  # [N, c1, 28, 28]
             MaxPool2x2(),  # [N, c1, 14, 14]
             nn.ReLU(),
             nn.Conv2d(c1, c2, 3, padding=1),

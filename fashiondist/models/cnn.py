@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
 from fashiondist.models.base import Classifier
-from fashiondist.models.layers import Dropout, keras_init, scaled
+from fashiondist.models.layers import Dropout, ImageConv2d, keras_init, scaled
 from fashiondist.models.pool import MaxPool2x2, PoolReluDropoutSequential
 
 
@@ -28,7 +28,7 @@ class SimpleCNN(Classifier):
         super().__init__(num_classes)
         h, w = (IMAGE_HEIGHT - 2) // 2, (IMAGE_WIDTH - 2) // 2  # valid 3x3 conv, then 2x2 pool: 13 x 13
         self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 3),  # valid: [N, 32, 26, 26]
+            ImageConv2d(1, 32, 3),  # valid: [N, 32, 26, 26]
             MaxPool2x2(),  # [N, 32, 13, 13]
             nn.ReLU(),
             nn.Flatten(),  # [N, 5408]
@@ -55,7 +55,7 @@ class DropoutCNN(Classifier):
         # A valid 3x3 conv, then three 2x2 pools: 28 -> 26 -> 13 -> 6 -> 3.
         h, w = (IMAGE_HEIGHT - 2) // 8, (IMAGE_WIDTH - 2) // 8
         self.net = PoolReluDropoutSequential(
-            nn.Conv2d(1, 32, 3),  # valid: [N, 32, 26, 26]
+            ImageConv2d(1, 32, 3),  # valid: [N, 32, 26, 26]
             MaxPool2x2(),  # [N, 32, 13, 13]
             nn.ReLU(),
             Dropout(0.2),
@@ -84,8 +84,9 @@ def _conv_pool_bn(cin: int, cout: int, extra_convs: int) -> nn.Sequential:
     Pooling right after the first conv halves the work of the BN and the activation; convs carry no bias
     because BN follows each one.
     """
+    conv = ImageConv2d if cin == 1 else nn.Conv2d  # the first block's gradients from the image kernel
     layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        conv(cin, cout, 3, padding=1, bias=False),
         MaxPool2x2(),
         nn.BatchNorm2d(cout),
         nn.GELU(),
