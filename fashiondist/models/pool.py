@@ -12,6 +12,12 @@ The kernel runs where it applies: a CPU tensor in channels_last memory (the engi
 bf16 or float32, that needs a gradient, outside tracing and torch.compile. Everything else (evaluation,
 ONNX export, CUDA, a contiguous tensor, an install without a C compiler) is `nn.MaxPool2d(2)` itself, so a
 model's state dict, its exported graph and its numbers do not depend on where it was trained.
+
+`PoolReluDropoutSequential` (cnn-dropout's stack) goes one further where a pool is followed by a ReLU and a
+`Dropout`: the three train as one kernel, one pass and one code byte per output, with the numbers of the
+three run one after another (tests/models/test_pool_relu_dropout.py). In one process, alternating 4-step
+windows, the cnn-dropout step took 0.929 of the unfused time in bf16 and 0.951 in float32 (2-core Intel
+Xeon).
 """
 
 from __future__ import annotations
