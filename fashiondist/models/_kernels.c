@@ -321,6 +321,13 @@ typedef float f32x8 __attribute__((vector_size(32)));
         }                                                                                                      \
     }
 
+/* pool_relu_dropout's forward: the pool, then the pass above (POOL moves out and code along). */
+#define FUSED(T, WINDOW_FN, LOAD, STORE, DRAW_FN)                                                              \
+    T *pooled = out;                                                                                           \
+    uint8_t *codes = code;                                                                                     \
+    POOL(T, WINDOW_FN)                                                                                         \
+    RELU_DROPOUT(T, LOAD, STORE, DRAW_FN)
+
 /* Every kernel, built with attribute ATTR under names ending in SUFFIX, and its row in the dispatch table. */
 #define KERNELS(SUFFIX, ATTR)                                                                                  \
     ATTR static void pool_bf16_##SUFFIX(POOL_ARGS(uint16_t)) { POOL(uint16_t, window_bf16) }                   \
@@ -331,17 +338,11 @@ typedef float f32x8 __attribute__((vector_size(32)));
     ATTR static void conv1_##SUFFIX(CONV1_ARGS) { CONV1_GRAD }                                                 \
     ATTR static void fused_bf16_##SUFFIX(FUSED_ARGS(uint16_t))                                                 \
     {                                                                                                          \
-        uint16_t *pooled = out; /* POOL moves out and code along */                                            \
-        uint8_t *codes = code;                                                                                 \
-        POOL(uint16_t, window_bf16)                                                                            \
-        RELU_DROPOUT(uint16_t, bf16_to_float, float_to_bf16, draw_keep_##SUFFIX)                               \
+        FUSED(uint16_t, window_bf16, bf16_to_float, float_to_bf16, draw_keep_##SUFFIX)                         \
     }                                                                                                          \
     ATTR static void fused_f32_##SUFFIX(FUSED_ARGS(float))                                                     \
     {                                                                                                          \
-        float *pooled = out;                                                                                   \
-        uint8_t *codes = code;                                                                                 \
-        POOL(float, window_f32)                                                                                \
-        RELU_DROPOUT(float, IDENTITY, IDENTITY, draw_keep_##SUFFIX)                                            \
+        FUSED(float, window_f32, IDENTITY, IDENTITY, draw_keep_##SUFFIX)                                       \
     }                                                                                                          \
     ATTR static void unfused_16_##SUFFIX(UNFUSED_ARGS(uint16_t))                                               \
     {                                                                                                          \
@@ -574,14 +575,23 @@ static int itemsize_ok(Py_ssize_t itemsize, const char *name)
     return 1;
 }
 
-static void run_pool(PoolJob *job, Py_ssize_t images)
+/* A pool's forward, plain or fused, once the arguments are parsed. */
+static PyObject *run_pool(PoolJob *job, Py_ssize_t images)
 {
+    if (!sizes_ok(images, job->height, job->width, job->channels))
+        return NULL;
     const Py_ssize_t bytes = images * job->height * job->width * job->channels * job->itemsize;
+    Py_BEGIN_ALLOW_THREADS
     run_split(pool_part, job, images, bytes / 4);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
-static PyObject *run_unpool(PoolJob *job, Py_ssize_t images)
+/* A pool's backward, plain or fused, once the arguments are parsed. */
+static PyObject *run_unpool(PoolJob *job, Py_ssize_t images, const char *name)
 {
+    if (!sizes_ok(images, job->height, job->width, job->channels) || !itemsize_ok(job->itemsize, name))
+        return NULL;
     const Py_ssize_t out_row = (job->width / 2) * job->channels * job->itemsize;
     job->row_buffers = job->fused ? PyMem_RawMalloc((size_t)(max_parts() * out_row)) : NULL;
     if (job->fused && !job->row_buffers)
@@ -601,14 +611,9 @@ static PyObject *py_pool_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKKnnnnp:pool_forward", &x, &out, &code, &images, &height, &width, &channels,
                           &is_bf16))
         return NULL;
-    if (!sizes_ok(images, height, width, channels))
-        return NULL;
     PoolJob job = {(const char *)(uintptr_t)x, (char *)(uintptr_t)out, (uint8_t *)(uintptr_t)code, height, width,
                    channels, is_bf16 ? 2 : 4};
-    Py_BEGIN_ALLOW_THREADS
-    run_pool(&job, images);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return run_pool(&job, images);
 }
 
 static PyObject *py_pool_backward(PyObject *self, PyObject *args)
@@ -618,11 +623,9 @@ static PyObject *py_pool_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKKnnnnn:pool_backward", &grad, &code, &grad_in, &images, &height, &width, &channels,
                           &itemsize))
         return NULL;
-    if (!sizes_ok(images, height, width, channels) || !itemsize_ok(itemsize, "pool_backward"))
-        return NULL;
     PoolJob job = {(const char *)(uintptr_t)grad, (char *)(uintptr_t)grad_in, (uint8_t *)(uintptr_t)code, height,
                    width, channels, itemsize};
-    return run_unpool(&job, images);
+    return run_unpool(&job, images, "pool_backward");
 }
 
 static PyObject *py_dropout_forward(PyObject *self, PyObject *args)
@@ -677,18 +680,13 @@ static PyObject *py_pool_relu_dropout_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKKnnnnpIfK:pool_relu_dropout_forward", &x, &out, &code, &images, &height, &width,
                           &channels, &is_bf16, &threshold, &scale, &seed))
         return NULL;
-    if (!sizes_ok(images, height, width, channels))
-        return NULL;
     if (threshold > 255) {
         PyErr_SetString(PyExc_ValueError, "pool_relu_dropout_forward: needs threshold <= 255");
         return NULL;
     }
     PoolJob job = {(const char *)(uintptr_t)x, (char *)(uintptr_t)out, (uint8_t *)(uintptr_t)code, height, width,
                    channels, is_bf16 ? 2 : 4, 1, threshold, scale, (uint64_t)seed};
-    Py_BEGIN_ALLOW_THREADS
-    run_pool(&job, images);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return run_pool(&job, images);
 }
 
 static PyObject *py_pool_relu_dropout_backward(PyObject *self, PyObject *args)
@@ -699,11 +697,9 @@ static PyObject *py_pool_relu_dropout_backward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "KKKnnnnnf:pool_relu_dropout_backward", &grad, &code, &grad_in, &images, &height,
                           &width, &channels, &itemsize, &scale))
         return NULL;
-    if (!sizes_ok(images, height, width, channels) || !itemsize_ok(itemsize, "pool_relu_dropout_backward"))
-        return NULL;
     PoolJob job = {(const char *)(uintptr_t)grad, (char *)(uintptr_t)grad_in, (uint8_t *)(uintptr_t)code, height,
                    width, channels, itemsize, 1, 0, scale};
-    return run_unpool(&job, images);
+    return run_unpool(&job, images, "pool_relu_dropout_backward");
 }
 
 /* conv1_weight_grad: parts are chunks of CONV1_CHUNK images, each into its own partial sum. */

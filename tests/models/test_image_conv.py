@@ -52,38 +52,23 @@ def test_gradients_are_the_exact_sums_within_their_rounding(kernel_isa, monkeypa
     grad = torch.randn(out_shape).contiguous(memory_format=CL)
     got_w, got_b = _grads(conv, x, grad)
     assert calls == [tuple(out_shape)]
-    exact = torch.ops.aten.convolution_backward(
-        grad.double(),
-        x.double(),
-        conv.weight.double(),
-        [32],
-        [1, 1],
-        [padding] * 2,
-        [1, 1],
-        False,
-        [0, 0],
-        1,
-        [False, True, bias],
-    )
-    magnitude = torch.ops.aten.convolution_backward(
-        grad.double().abs(),
-        x.double().abs(),
-        conv.weight.double(),
-        [32],
-        [1, 1],
-        [padding] * 2,
-        [1, 1],
-        False,
-        [0, 0],
-        1,
-        [False, True, bias],
-    )
+    exact = _float64_grads(grad, x, conv.weight, padding, bias)
+    magnitude = _float64_grads(grad.abs(), x.abs(), conv.weight, padding, bias)  # the sums of |terms|
     bound_w = _ADDITIONS * 2**-24 * magnitude[1] + 1e-30
     assert ((got_w.double() - exact[1]).abs() <= bound_w).all()
     if bias:
         assert ((got_b.double() - exact[2]).abs() <= _ADDITIONS * 2**-24 * magnitude[2] + 1e-30).all()
     else:
         assert got_b is None
+
+
+def _float64_grads(grad, x, weight, padding: int, bias: bool) -> tuple[torch.Tensor, ...]:
+    """torch's (grad_input, grad_weight, grad_bias) of the convolution, in float64."""
+    pad, one = [padding] * 2, [1, 1]
+    wanted = [False, True, bias]
+    return torch.ops.aten.convolution_backward(
+        grad.double(), x.double(), weight.double(), [weight.shape[0]], one, pad, one, False, [0, 0], 1, wanted
+    )
 
 
 def test_the_result_does_not_depend_on_the_thread_count(kernel_isa):
