@@ -129,8 +129,13 @@ class ImageConv2d(nn.Conv2d):
             and x.shape[2] >= 3
             and x.shape[3] >= 3
             and self.weight.device.type == "cpu"
+            and _dense(self.weight)
             and kernels.eager_cpu(x)
         )
+
+
+def _dense(weight: Tensor) -> bool:
+    return weight.is_contiguous() or weight.is_contiguous(memory_format=torch.channels_last)
 
 
 class _ImageConvGrad(torch.autograd.Function):
@@ -138,7 +143,8 @@ class _ImageConvGrad(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:  # noqa: ANN001
         x = x.contiguous()  # one channel: NCHW and channels_last are the same bytes
         ctx.save_for_backward(x)
-        ctx.padding, ctx.weight_shape, ctx.has_bias = padding, weight.shape, bias is not None
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        ctx.weight_layout = (weight.shape, weight.stride())
         return F.conv2d(x, weight, bias, 1, padding)
 
     @staticmethod
@@ -146,8 +152,11 @@ class _ImageConvGrad(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor, Tensor | None, None]:  # noqa: ANN001
         (x,) = ctx.saved_tensors
         grad = grad.contiguous(memory_format=torch.channels_last)
-        grad_w = torch.empty(ctx.weight_shape)
-        grad_b = torch.empty(ctx.weight_shape[0]) if ctx.has_bias else None
+        # the weight's own strides (DDP's gradient buckets expect them): a dense [O, 1, 3, 3], NCHW or
+        # channels_last, holds (o, 0, kh, kw) at o * 9 + kh * 3 + kw either way, the kernel's order
+        grad_w = torch.empty_strided(*ctx.weight_layout)
+        channels = grad_w.shape[0]
+        grad_b = torch.empty(channels) if ctx.has_bias else None
         n, _, h, w = x.shape
         pointers = (
             x.data_ptr(),
@@ -155,7 +164,7 @@ class _ImageConvGrad(torch.autograd.Function):
             grad_w.data_ptr(),
             0 if grad_b is None else grad_b.data_ptr(),
         )
-        kernels.compiled().conv1_weight_grad(*pointers, n, h, w, ctx.weight_shape[0], ctx.padding)
+        kernels.compiled().conv1_weight_grad(*pointers, n, h, w, channels, ctx.padding)
         return None, grad_w, grad_b, None
 
 

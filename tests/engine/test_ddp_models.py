@@ -111,11 +111,15 @@ def runs(tmp_path_factory, tiny_csv, sample_test_csv) -> dict[str, Path]:
     data = ["--data", str(tiny_csv), "--config", str(config)]
     every = ["--models", "all", "--epochs", "2", "--seed", "0", "--ema", "0.9", *data]
     out = {name: root / name for name in ("two", "accum", "two_sync", "one")}
-    _train(out["two"], *every, "--test", str(sample_test_csv), launcher=_two_ranks())
-    _train(out["accum"], *every, "--grad-accum", "2")
+    launches = {
+        "two": _train(out["two"], *every, "--test", str(sample_test_csv), launcher=_two_ranks()),
+        "accum": _train(out["accum"], *every, "--grad-accum", "2"),
+    }
     plain = ["--models", ",".join(NO_DROPOUT), "--epochs", "1", "--seed", "1", *data]
-    _train(out["two_sync"], *plain, "--sync-bn", launcher=_two_ranks())
-    _train(out["one"], *plain)
+    launches["two_sync"] = _train(out["two_sync"], *plain, "--sync-bn", launcher=_two_ranks())
+    launches["one"] = _train(out["one"], *plain)
+    for name, proc in launches.items():  # beside each run directory, for the warnings test
+        (root / f"{name}.stderr").write_text(proc.stderr)
     return out
 
 
@@ -154,6 +158,14 @@ def test_two_ranks_equal_one_process_with_the_same_micro_batch(runs, name):
     steps = [m["step"] for m in _metrics(two)]
     assert steps == [m["step"] for m in _metrics(accum)] == [2, 4]
     assert [m["lr"] for m in _metrics(two)] == [m["lr"] for m in _metrics(accum)]
+
+
+@pytest.mark.parametrize("launch", ["two", "two_sync"])
+def test_ddp_gets_gradients_in_its_buckets_layout(runs, launch):
+    """DDP warns once per run when a parameter's gradient has other strides than the parameter (its buckets
+    then copy every step): a custom backward (the models' kernels) must return the weight's own layout."""
+    stderr = runs[launch].with_suffix(".stderr").read_text()
+    assert "Grad strides do not match bucket view strides" not in stderr
 
 
 @pytest.mark.parametrize("name", _model_names())

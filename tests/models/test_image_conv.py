@@ -52,6 +52,7 @@ def test_gradients_are_the_exact_sums_within_their_rounding(kernel_isa, monkeypa
     grad = torch.randn(out_shape).contiguous(memory_format=CL)
     got_w, got_b = _grads(conv, x, grad)
     assert calls == [tuple(out_shape)]
+    assert conv.weight.grad.stride() == conv.weight.stride()  # what DDP's gradient buckets expect
     exact = _float64_grads(grad, x, conv.weight, padding, bias)
     magnitude = _float64_grads(grad.abs(), x.abs(), conv.weight, padding, bias)  # the sums of |terms|
     bound_w = _ADDITIONS * 2**-24 * magnitude[1] + 1e-30
