@@ -95,6 +95,9 @@ class TrainConfig:
     distill_weight: float = 0.5  # share of the teacher's term in the loss; the rest is the true labels'
     early_stop: int = 0  # stop after this many epochs without a better validation accuracy; 0 = off
     seed: int = 0
+    # the validation split's and the folds' seed; None = `seed`. Runs with different seeds and one split_seed
+    # validate on the same images, none of which any of them trained on (an ensemble's honest validation)
+    split_seed: int | None = None
     out: str = "runs/{model}"
     resume: str | None = None  # a `last/` directory, a run directory, or "auto"
     log_with: str | None = None  # an accelerate tracker: tensorboard, wandb, ...
@@ -107,6 +110,10 @@ class TrainConfig:
             value = getattr(self, f.name)
             out[f.name] = value.value if isinstance(value, enum.Enum) else value
         return out
+
+    def data_seed(self) -> int:
+        """The seed that picks the validation split and the folds: `split_seed`, else `seed`."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def run_dir(self) -> Path:
         """`out` with `{model}` filled in (the only placeholder; `--out` refuses any other)."""
@@ -252,6 +259,11 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.dist_timeout > 0, "dist_timeout", "must be a positive number of seconds"),
         (cfg.early_stop >= 0, "early_stop", "must be >= 0"),
         (0 <= cfg.seed <= SEED_MAX, "seed", f"must be in 0..{SEED_MAX} (2**32 - 1)"),
+        (
+            cfg.split_seed is None or 0 <= cfg.split_seed <= SEED_MAX,
+            "split_seed",
+            f"must be in 0..{SEED_MAX}",
+        ),
         (cfg.weight_decay >= 0.0, "weight_decay", "must be >= 0"),
         (0.0 <= cfg.momentum < 1.0, "momentum", "must be in [0, 1)"),
         (cfg.grad_clip >= 0.0, "grad_clip", "must be >= 0 (0 = off)"),

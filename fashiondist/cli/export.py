@@ -20,7 +20,7 @@ predicts differently from the run is an argmax tie within the run's arithmetic (
 fashiondist/export/agreement.py); otherwise nothing is written. export_report.json is written beside it.
 
 Without --tta the graph applies the TTA the run was validated with; without --data it is checked on the
-run's own validation split (its config's data, val_fraction and seed).
+run's own validation split (its config's data, val_fraction and split seed).
 
 --precision fp16 writes an fp16 graph with the same contract (uint8 in, float32 probs out; the cast to
 float32 is inside the graph), by default MODEL.fp16.onnx beside export_report.fp16.json, its parity judged

@@ -35,7 +35,7 @@ SIGTERM or SIGUSR1 saves OUT/last at the next step and exits 0; rerun with --res
 _FLAG_KEYS = (
     "data", "epochs", "batch_size", "grad_accum", "precision", "lr", "optimizer", "schedule", "label_smoothing",
     "ema", "augment", "seed", "val_fraction", "out", "resume", "log_with", "quiet", "tta", "early_stop",
-    "compile", "mixup", "cutmix", "folds", "private_test", "teacher", "sync_bn",
+    "compile", "mixup", "cutmix", "folds", "private_test", "teacher", "sync_bn", "split_seed",
 )  # fmt: skip
 
 
@@ -114,7 +114,14 @@ def register(subparsers) -> None:
     p.add_argument(
         "--early-stop", type=int, metavar="EPOCHS", help="stop after this many epochs without improvement"
     )
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seeds the split, initial weights, augmentation and dropout")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        metavar="SEED",
+        help="seed of the validation split and folds only (default: --seed); ensemble members trained with "
+        "different --seed and one --split-seed share a validation split none of them trained on",
+    )
     p.add_argument("--val-fraction", type=float, help="share of labelled images held out for validation")
     p.add_argument(
         "--out",

@@ -6,8 +6,10 @@
   (`PRIVATE_TEST_SEED`, never a run's seed), so every run, recipe and fold excludes the same images and no
   choice (epochs, recipes, ensembles) ever looks at them; `private_split` gives them for the final score.
 - `folds: K` with `fold: i` validates on the i-th of K stratified folds of the rest (seeded by the run's
-  seed) and trains on the other K - 1; the K folds together cover every remaining image exactly once.
-- otherwise the usual stratified `val_fraction` split of the rest (the same as before when private_test is 0).
+  `split_seed`, else its seed) and trains on the other K - 1; the K folds together cover every remaining
+  image exactly once.
+- otherwise the usual stratified `val_fraction` split of the rest (the same as before when private_test is 0),
+  seeded the same way.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ def run_split(labels: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndar
     """(train indices, validation indices) into `labels` for the run `cfg` describes (module doc)."""
     pool, _ = private_split(labels, cfg.private_test)
     if cfg.folds >= 2 and cfg.fold is not None:
-        folds = stratified_folds(labels[pool], cfg.folds, cfg.seed)
+        folds = stratified_folds(labels[pool], cfg.folds, cfg.data_seed())
         train = np.sort(np.concatenate([f for i, f in enumerate(folds) if i != cfg.fold]))
         return pool[train], pool[folds[cfg.fold]]
-    train, val = stratified_split(labels[pool], cfg.val_fraction, cfg.seed)
+    train, val = stratified_split(labels[pool], cfg.val_fraction, cfg.data_seed())
     return pool[train], pool[val]

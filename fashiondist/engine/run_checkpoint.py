@@ -51,6 +51,7 @@ RESUME_KEYS = {
     "data": "it decides the training and validation split",
     "val_fraction": "it decides the validation split (training images would leak into validation)",
     "seed": "it decides the validation split (training images would leak into validation)",
+    "split_seed": "it decides the validation split (training images would leak into validation)",
     "private_test": "it decides the held-out private split (its images would leak into training)",
     "fold": "it decides which fold is validation (training images would leak into validation)",
     "folds": "it decides the folds (training images would leak into validation)",

@@ -126,6 +126,11 @@ def environment(accelerator: Any) -> dict[str, Any]:
     }
 
 
+def _split_seed(config: dict[str, Any]) -> int:
+    """The seed that picked a run's validation split and folds (`TrainConfig.data_seed` of a saved config)."""
+    return config["seed"] if config.get("split_seed") is None else config["split_seed"]
+
+
 def begin(
     run_dir: Path,
     config: dict[str, Any] | None,
@@ -161,8 +166,11 @@ def begin(
         "data": data,
         "seeds": {
             "seed": config["seed"] if config else sorted({c["seed"] for c in variants.values()}),
-            # the split, the initial weights, every epoch's permutation and augmentation, and the dropout
-            # masks (per optimizer step and rank) all derive from the one seed
+            # the split (unless split_seed names another seed for it), the initial weights, every epoch's
+            # permutation and augmentation, and the dropout masks (per optimizer step and rank)
+            "split_seed": _split_seed(config)
+            if config
+            else sorted({_split_seed(c) for c in variants.values()}),
             "derived": "split, initial weights, epoch order and augmentation, dropout per (step, rank)",
         },
         "precision": {**precision.to_dict(), "resolved": str(accelerator.mixed_precision)},

@@ -12,7 +12,7 @@ export (`exporter.export_model`): onnx.checker, parity against the PyTorch ensem
 and the accuracy the ensemble scored, reproduced by the ONNX model:
 
 - members that share one validation split (the variants of a sweep, runs with the same data, fraction and
-  seed): the mean of the probabilities the runs themselves saved (`val_predictions.npz`), judged per image
+  split seed, e.g. `--seed 1 --split-seed 0`): the mean of the probabilities the runs themselves saved (`val_predictions.npz`), judged per image
   under the coarsest precision among them;
 - folds (every member validated on another fold): no validation image is unseen by the whole ensemble, so it
   is measured on the private test split when the runs kept one (`--private-test`), else on the folds'
@@ -65,7 +65,7 @@ def ensemble_members(paths: list[Path], top_k: int | None = None) -> list[Path]:
 
 
 def _split_key(cfg: TrainConfig) -> tuple:
-    return (cfg.data, cfg.val_fraction, cfg.seed, cfg.private_test, cfg.folds, cfg.fold)
+    return (cfg.data, cfg.val_fraction, cfg.data_seed(), cfg.private_test, cfg.folds, cfg.fold)
 
 
 def _shared_validation(

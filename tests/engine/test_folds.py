@@ -139,6 +139,42 @@ def test_folds_export_as_one_graph_that_infer_serves(cv_run, tmp_path, sample_te
     assert sub.read_text().startswith("Id,Label\n") and len(sub.read_text().splitlines()) == 1001
 
 
+def test_split_seed_fixes_the_split_and_folds_whatever_the_seed(sample):
+    labels = sample.labels
+    for kw in ({}, {"folds": 3, "fold": 1}):
+        base = run_split(labels, TrainConfig(seed=2, private_test=500, **kw))
+        for seed in (0, 7):
+            same = run_split(labels, TrainConfig(seed=seed, split_seed=2, private_test=500, **kw))
+            assert all(np.array_equal(a, b) for a, b in zip(base, same, strict=True))
+            moved = run_split(labels, TrainConfig(seed=seed, private_test=500, **kw))
+            assert not np.array_equal(base[1], moved[1])  # without it, the seed moves the split
+
+
+def test_runs_with_one_split_seed_export_checked_on_their_shared_validation(tiny_csv, tmp_path):
+    plain = ["train", "--model", "cnn", "--batch-size", "64", "--epochs", "1", "--quiet", "--precision", "no",
+             "--data", str(tiny_csv), "--private-test", str(PRIVATE)]  # fmt: skip
+    runs = {}
+    for name, flags in (
+        ("a", ["--seed", "0"]),
+        ("b", ["--seed", "1", "--split-seed", "0"]),
+        ("c", ["--seed", "1"]),
+    ):
+        runs[name] = tmp_path / name
+        _run([*plain, *flags, "--out", str(runs[name])])
+    record = json.loads((runs["b"] / "run.json").read_text())
+    assert record["seeds"]["seed"] == 1 and record["seeds"]["split_seed"] == 0
+    assert main(["export", str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "ab.onnx")]) == 0
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    probs = [np.load(runs[n] / "val_predictions.npz") for n in "ab"]
+    assert np.array_equal(probs[0]["y_true"], probs[1]["y_true"])  # one validation split
+    mean = (probs[0]["probs"] + probs[1]["probs"]) / 2
+    assert report["accuracy"]["images"] == len(mean)  # judged on the runs' shared validation images
+    assert report["accuracy"]["run_accuracy"] == pytest.approx(np.mean(mean.argmax(1) == probs[0]["y_true"]))
+    # a different split: no validation image is unseen by both, so the private split judges the pair
+    assert main(["export", str(runs["a"]), str(runs["c"]), "--out", str(tmp_path / "ac.onnx")]) == 0
+    assert json.loads((tmp_path / "export_report.json").read_text())["accuracy"]["images"] == PRIVATE
+
+
 def test_a_sweeps_k_best_variants_export_as_one_graph(cv_run, tmp_path, capsys):
     import shutil
 
