@@ -24,16 +24,20 @@ from typing import Any
 
 import numpy as np
 import onnx
+import torch
 from torch import nn
 
 from fashiondist.atomic_io import write_bytes, write_json
 from fashiondist.config import Tta
+from fashiondist.engine.evaluate import model_probs
 from fashiondist.engine.run_record import find_run_record
 from fashiondist.errors import FashiondistError, InputError
 from fashiondist.export.agreement import (
     AccuracyAgreement,
     ValidationRecord,
     compare_accuracy,
+    margin_error,
+    mixed_format,
     read_validation_record,
 )
 from fashiondist.export.check_images import run_config
@@ -54,6 +58,7 @@ from fashiondist.models.checkpoint import load_model, resolve_model_dir, unwrap
 REPORT_NAME = "export_report.json"
 # The graph's arithmetic; its input (uint8) and output (float32) are the same in both.
 PRECISIONS = ("fp32", "fp16")
+_ERROR_BATCH = 1024  # images per forward when measuring the run's rounding (`_autocast_error`)
 
 
 def report_name(precision: str = "fp32") -> str:
@@ -121,6 +126,21 @@ class ExportReport:
         out["accuracy"] = None if self.accuracy is None else self.accuracy.to_dict()
         out["int8"] = None if self.int8 is None else self.int8.to_dict()
         return out
+
+
+def _autocast_error(model: nn.Module, images: np.ndarray, tta: Tta, record: ValidationRecord | None) -> float:
+    """`agreement.margin_error` of the float32 `model` under the run's autocast format (bf16, fp16) on the CPU,
+    on the images judged: how far the run's rounding moves this model's margins (export.agreement's module
+    doc). 0 when there is no verdict to make or the run was float32."""
+    fmt = mixed_format(record.precision) if record and record.tta == tta.value else None
+    if fmt is None:
+        return 0.0
+    dtype = torch.bfloat16 if fmt == "bf16" else torch.float16
+    pixels = torch.as_tensor(np.require(images, requirements="CW")).unsqueeze(1)  # [N, 1, H, W] uint8
+    with torch.no_grad():
+        exact = model_probs(model, pixels, _ERROR_BATCH, tta)
+        rounded = model_probs(model, pixels, _ERROR_BATCH, tta, lambda: torch.autocast("cpu", dtype=dtype))
+    return margin_error(exact.double().numpy(), rounded.double().numpy())
 
 
 def export_model(
@@ -199,8 +219,9 @@ def export_model(
         )
     if labels is not None:
         graph_rtol = 0.0 if precision == "fp32" else tolerance.logit_rtol  # fp16: its own rounding adds
+        measured = _autocast_error(model, images, tta, record)
         report.accuracy = compare_accuracy(
-            predict_proba(session, images), labels, record, tta.value, graph_rtol
+            predict_proba(session, images), labels, record, tta.value, graph_rtol, measured
         )
         log(report.accuracy.describe())
         if report.accuracy.agrees is False:

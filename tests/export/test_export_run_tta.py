@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 from fashiondist.cli import main
+from fashiondist.config import Tta
 from fashiondist.errors import FashiondistError
-from fashiondist.export.agreement import ValidationRecord, compare_accuracy
+from fashiondist.export.agreement import TIE_FACTOR, ValidationRecord, compare_accuracy, margin_error
 from fashiondist.export.check_images import load_check_images
-from fashiondist.export.exporter import REPORT_NAME, export_checkpoint
+from fashiondist.export.exporter import REPORT_NAME, _autocast_error, export_checkpoint
+from fashiondist.models.checkpoint import load_model
 
 # Numerics-sensitive: CI runs this module again under AVX-512 (no AMX) and AVX2 kernel holds (.ci/run).
 pytestmark = pytest.mark.numerics
@@ -104,3 +106,44 @@ def test_by_count_without_saved_predictions():
     assert verdict.rule == "by count" and verdict.ties == 1 and verdict.agrees is True
     far = ValidationRecord(val_accuracy=1.0, tta="none", precision="bf16")  # image 3 is no tie: 0.3 vs 0.7
     assert compare_accuracy(probs, labels, far, "none").agrees is False
+
+
+def _softmax(logits) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_margin_error_is_the_largest_margin_move_relative_to_the_logit_range():
+    z = np.array([[0.0, 1.0, 4.0], [2.0, 0.0, 0.5]])
+    assert margin_error(_softmax(z), _softmax(z + 3.0)) == pytest.approx(0.0, abs=1e-12)  # no margin moves
+    moved = z + np.array([[0.1, 0.0, 0.0], [0.0, 0.05, 0.0]])
+    # image 0: argmax 2 against class 0 moves by 0.1 of range 4; image 1: 0.05 of range 2
+    assert margin_error(_softmax(z), _softmax(moved)) == pytest.approx(0.1 / 4.0)
+
+
+def test_a_flip_inside_the_models_measured_rounding_is_a_tie(tmp_path: Path):
+    """bf16 moved a label-smoothed model's margins by far more than TIE_FACTOR x u x range (26 u, measured on
+    three Fashion-MNIST convnets): a flip inside twice the measured error is a tie, one outside is not."""
+    u, spread = 2.0**-8, 4.0
+    margin = 20 * u * spread  # the run's argmax 0 beat class 1 by 20 u x range: beyond the floor of 8 u
+    run = _softmax([[margin, 0.0, -spread + margin], [spread, 0.0, 1.0]])
+    onnx = _softmax([[0.0, margin, -spread + margin], [spread, 0.0, 1.0]])
+    labels = np.array([0, 0])
+    np.savez(tmp_path / "val.npz", y_true=labels, probs=run)
+    record = ValidationRecord(1.0, "none", "bf16", tmp_path / "val.npz")
+    assert TIE_FACTOR < 20 and compare_accuracy(onnx, labels, record, "none").agrees is False
+    tie = compare_accuracy(onnx, labels, record, "none", measured_rtol=11 * u)  # 2 x 11 u covers 20 u
+    assert tie.agrees is True and tie.ties == 1 and "measured bf16 error, 11.0 x" in tie.tie_margin
+    assert compare_accuracy(onnx, labels, record, "none", measured_rtol=9 * u).agrees is False
+
+
+def test_the_runs_rounding_is_measured_on_the_model_itself(flip_run: Path):
+    model, _ = load_model(flip_run)
+    images = load_check_images("sample", flip_run).images[:200]
+    bf16 = _autocast_error(model, images, Tta.FLIP, ValidationRecord(0.5, "flip", "bf16"))
+    assert 0.0 < bf16 < 64 * 2.0**-8  # bf16 moves some margin, by a few roundoffs of the range
+    assert _autocast_error(model, images, Tta.FLIP, ValidationRecord(0.5, "flip", "no")) == 0.0  # float32
+    assert (
+        _autocast_error(model, images, Tta.NONE, ValidationRecord(0.5, "flip", "bf16")) == 0.0
+    )  # no verdict
