@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# cpu-ensemble.yaml's whole recipe, one command: three members, their one-graph ensemble, the distilled student.
+#
+#   bash launch/experiments/cpu-ensemble.sh DATA_DIR [OUT]        # OUT defaults to runs/cpu-ensemble
+#
+# Writes OUT/wide-0 and OUT/wide-1 (cpu-ensemble.yaml, seeds 0 and 1), OUT/convnet (cpu-best.yaml), the three
+# as one graph in OUT/model.onnx, and OUT/student: cpu-best.yaml's convnet distilled from them (seed 1, split
+# seed 0: its validation images are unseen by every member), with OUT/student/model.onnx. Rerunning skips
+# what is finished (a run whose summary.json exists, an export whose model.onnx exists) and resumes an
+# interrupted run from its last/ checkpoint, so a preempted recipe continues where it stopped. Extra settings
+# for every training command go in FASHIONDIST_ARGS (e.g. FASHIONDIST_ARGS="--quiet"); FASHIONDIST names the
+# command to run (default: fashiondist; e.g. FASHIONDIST="python -m fashiondist").
+set -euo pipefail
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    usage
+    exit 0
+fi
+if [[ $# -lt 1 || $# -gt 2 ]]; then
+    usage >&2
+    exit 2
+fi
+data=$1
+out=${2:-runs/cpu-ensemble}
+here=$(cd "$(dirname "$0")" && pwd)
+read -r -a fd <<<"${FASHIONDIST:-fashiondist}"
+read -r -a extra <<<"${FASHIONDIST_ARGS:-}"
+
+# train RUN ARGS...: one training command, skipped when RUN finished, resumed when it was interrupted
+train() {
+    local run=$1
+    shift
+    [[ -f $run/summary.json ]] || "${fd[@]}" train "$@" --data "$data" --out "$run" --resume auto "${extra[@]}"
+}
+
+members=("$out/wide-0" "$out/wide-1" "$out/convnet")
+train "$out/wide-0" --config "$here/cpu-ensemble.yaml" --seed 0
+train "$out/wide-1" --config "$here/cpu-ensemble.yaml" --seed 1
+train "$out/convnet" --config "$here/cpu-best.yaml"
+
+[[ -f $out/model.onnx ]] || "${fd[@]}" export "${members[@]}" --out "$out/model.onnx"
+
+teacher=$(IFS=,; echo "${members[*]}")
+train "$out/student" --config "$here/cpu-best.yaml" --seed 1 --split-seed 0 --teacher "$teacher" \
+    --set distill_temperature=2 --set distill_weight=0.7
+[[ -f $out/student/model.onnx ]] || "${fd[@]}" export "$out/student" --out "$out/student/model.onnx"

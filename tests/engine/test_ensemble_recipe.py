@@ -1,0 +1,72 @@
+"""launch/experiments/cpu-ensemble.sh, the seeds-ensemble recipe, run end to end on 340 images for one epoch.
+
+Two wide members (cpu-ensemble.yaml, seeds 0 and 1, split_seed 0) and cpu-best.yaml's convnet (seed 0) share one
+validation split, so the export checks the ensemble there; the student (seed 1, split seed 0) distils all three
+and validates on the same images; a rerun finds everything finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "launch" / "experiments" / "cpu-ensemble.sh"
+QUICK = "--epochs 1 --batch-size 64 --private-test 60 --precision no --quiet --set eval_batch_size=256"
+
+
+def _recipe(data: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "FASHIONDIST": f"{sys.executable} -m fashiondist",
+        "FASHIONDIST_ARGS": QUICK,
+    }
+    return subprocess.run(
+        ["bash", str(SCRIPT), str(data), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
+
+
+def test_the_recipe_trains_exports_distils_and_resumes(tiny_csv, tmp_path):
+    out = tmp_path / "ens"
+    proc = _recipe(tiny_csv, out)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    members = [out / name for name in ("wide-0", "wide-1", "convnet")]
+    runs = [*members, out / "student"]
+    seeds = [json.loads((r / "run.json").read_text())["seeds"] for r in runs]
+    assert [s["seed"] for s in seeds] == [0, 1, 0, 1] and {s["split_seed"] for s in seeds} == {0}
+    y_true = [np.load(r / "val_predictions.npz")["y_true"] for r in runs]
+    assert all(np.array_equal(y_true[0], y) for y in y_true[1:])
+    listed = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}["ensemble_members"]
+    assert [Path(m["run"]).name for m in json.loads(listed)] == ["wide-0", "wide-1", "convnet"]
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["accuracy"]["agrees"] is True and report["accuracy"]["images"] == len(y_true[0])
+    widths = [
+        json.loads((m / "run.json").read_text())["config"]["model_kwargs"].get("width") for m in members
+    ]
+    assert widths == [1.5, 1.5, None]
+    student = json.loads((out / "student" / "run.json").read_text())["config"]
+    assert student["teacher"] == ",".join(str(m) for m in members) and student["distill_temperature"] == 2
+    assert (out / "student" / "model.onnx").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = _recipe(tiny_csv, out)  # everything finished: nothing trains or exports again
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps
+
+
+def test_the_recipe_teaches_its_usage(tmp_path):
+    help_ = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "DATA_DIR [OUT]" in help_.stdout
+    bad = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "DATA_DIR [OUT]" in bad.stderr and not bad.stdout
