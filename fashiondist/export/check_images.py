@@ -42,7 +42,8 @@ def load_check_images(spec: str, checkpoint: str | os.PathLike, calibration_coun
         data.images[val_idx],
         data.labels[val_idx],
         data.images[train_idx[:calibration_count]],
-        f"{len(val_idx)} validation images of {data.source} (val_fraction {cfg.val_fraction}, split seed {cfg.data_seed()})",
+        f"{len(val_idx)} validation images of {data.source} "
+        f"(val_fraction {cfg.val_fraction}, split seed {cfg.data_seed()})",
     )
 
 

@@ -12,8 +12,8 @@ export (`exporter.export_model`): onnx.checker, parity against the PyTorch ensem
 and the accuracy the ensemble scored, reproduced by the ONNX model:
 
 - members that share one validation split (the variants of a sweep, runs with the same data, fraction and
-  split seed, e.g. `--seed 1 --split-seed 0`): the mean of the probabilities the runs themselves saved (`val_predictions.npz`), judged per image
-  under the coarsest precision among them;
+  split seed, e.g. `--seed 1 --split-seed 0`): the mean of the probabilities the runs themselves saved
+  (`val_predictions.npz`), judged per image under the coarsest precision among them;
 - folds (every member validated on another fold): no validation image is unseen by the whole ensemble, so it
   is measured on the private test split when the runs kept one (`--private-test`), else on the folds'
   images (in-sample: a consistency check of the file, not an accuracy estimate), against the PyTorch

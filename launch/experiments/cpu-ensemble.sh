@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# cpu-ensemble.yaml's whole recipe, one command: three members, their one-graph ensemble, the distilled student.
+# cpu-ensemble.yaml's whole recipe in one command: three members, their one-graph ensemble, the distilled
+# student.
 #
 #   bash launch/experiments/cpu-ensemble.sh DATA_DIR [OUT]        # OUT defaults to runs/cpu-ensemble
 #
@@ -12,7 +13,7 @@
 # command to run (default: fashiondist; e.g. FASHIONDIST="python -m fashiondist").
 set -euo pipefail
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     usage
     exit 0

@@ -1,8 +1,8 @@
 """launch/experiments/cpu-ensemble.sh, the seeds-ensemble recipe, run end to end on 340 images for one epoch.
 
-Two wide members (cpu-ensemble.yaml, seeds 0 and 1, split_seed 0) and cpu-best.yaml's convnet (seed 0) share one
-validation split, so the export checks the ensemble there; the student (seed 1, split seed 0) distils all three
-and validates on the same images; a rerun finds everything finished.
+Two wide members (cpu-ensemble.yaml, seeds 0 and 1, split_seed 0) and cpu-best.yaml's convnet (seed 0) share
+one validation split, so the export checks the ensemble there; the student (seed 1, split seed 0) distils all
+three and validates on the same images; a rerun finds everything finished.
 """
 
 from __future__ import annotations
