@@ -59,3 +59,5 @@ class Tta(str, enum.Enum):
 
     NONE = "none"
     FLIP = "flip"  # average the image and its horizontal mirror
+    # flip, and both moved one pixel up, down, left and right (zero fill, as the training shift): 10 views
+    FLIP_SHIFT = "flip-shift"

@@ -116,6 +116,34 @@ def test_flip_tta_graph_averages_image_and_mirror(
     )  # the mirror really counts
 
 
+def _moved(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """uint8 [N, H, W] moved dy rows down and dx columns right, the uncovered row or column black."""
+    out = np.roll(images, (dy, dx), axis=(1, 2))
+    if dy:
+        out[:, 0 if dy > 0 else -1, :] = 0
+    if dx:
+        out[:, :, 0 if dx > 0 else -1] = 0
+    return out
+
+
+def test_flip_shift_tta_graph_averages_ten_views(
+    exported: ExportReport, trained_run: Path, split: SampleSplit, tmp_path: Path
+):
+    plain, views = Path(exported.onnx_path), tmp_path / "views.onnx"
+    report = export_checkpoint(trained_run, views, images=split.val_images, tta="flip-shift")
+    assert report.tta == "flip-shift" and open_session(views, "cpu").metadata["tta"] == "flip-shift"
+
+    images = split.val_images[:64]
+    mirrors = images[:, :, ::-1].copy()
+    moves = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    expected = np.mean(
+        [_ort_probs(plain, _moved(side, dy, dx)) for side in (images, mirrors) for dy, dx in moves], axis=0
+    )
+    assert parity_verdict(expected, _ort_probs(views, images), batch_size=len(images)).passed
+    flip = 0.5 * (_ort_probs(plain, images) + _ort_probs(plain, mirrors))
+    assert np.abs(_ort_probs(views, images) - flip).max() > 1e-3  # the shifted views really count
+
+
 def test_cli_export(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "model.onnx"
     assert main(["export", str(trained_run), "--out", str(out)]) == 0
