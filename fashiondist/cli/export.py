@@ -20,7 +20,9 @@ predicts differently from the run is an argmax tie within the run's arithmetic (
 fashiondist/export/agreement.py); otherwise nothing is written. export_report.json is written beside it.
 
 Without --tta the graph applies the TTA the run was validated with; without --data it is checked on the
-run's own validation split (its config's data, val_fraction and split seed).
+run's own validation split (its config's data, val_fraction and split seed). An ensemble's members each keep
+their own TTA unless --tta names one for all of them; the accuracy to reproduce is then the PyTorch
+ensemble's under it, on the same images.
 
 --precision fp16 writes an fp16 graph with the same contract (uint8 in, float32 probs out; the cast to
 float32 is inside the graph), by default MODEL.fp16.onnx beside export_report.fp16.json, its parity judged
@@ -38,6 +40,7 @@ examples:
   fashiondist export runs/cv5 --out model.onnx                  # a --folds run: its folds as one ensemble
   fashiondist export runs/sweep --ensemble 3 --out model.onnx   # the sweep's 3 best variants, one graph
   fashiondist export runs/a runs/b --out model.onnx             # any runs, averaged in probability space
+  fashiondist export runs/a runs/b --tta flip-shift --out model.onnx   # every member under 10 views
 """
 
 
@@ -78,7 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tta",
         choices=[t.value for t in Tta],
         default=None,
-        help="flip: the graph averages each image and its mirror (default: the run's tta, as it was validated)",
+        help="flip: the graph averages each image and its mirror; flip-shift: also both moved one pixel up, "
+        "down, left, right (10 views, 5x flip's cost); for an ensemble, every member's (default: the run's "
+        "tta, as it was validated)",
     )
     parser.add_argument(
         "--precision",
@@ -194,13 +199,16 @@ def _run_ensemble(args: argparse.Namespace, log) -> int:
     for path in paths:
         if not path.is_dir():
             raise InputError(f"{path}: no such run directory")
-    if args.quantize or args.tta or args.data or args.precision != "fp32":
+    if args.quantize or args.data or args.precision != "fp32":
         raise InputError(
-            "an ensemble export takes no --quantize, --tta, --data or --precision (each member keeps its own)"
+            "an ensemble export takes no --quantize, --data or --precision (each member keeps its own)"
         )
     out = Path(args.out) if args.out else paths[0] / "model.onnx"
     check_output_file(out, "--out")
-    report = export_ensemble(paths, out, top_k=args.ensemble, log=lambda m: log.print(m, highlight=False))
+    tta = None if args.tta is None else Tta(args.tta)
+    report = export_ensemble(
+        paths, out, top_k=args.ensemble, tta=tta, log=lambda m: log.print(m, highlight=False)
+    )
     results_console().print(export_table(report))
     return 0
 

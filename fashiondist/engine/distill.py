@@ -66,13 +66,16 @@ def expand_members(spec: str | list[str]) -> list[Path]:
     return [resolve_model_dir(m) for m in members]
 
 
-def load_ensemble(members: list[Path], device: str | torch.device = "cpu") -> ProbabilityEnsemble:
-    """The members' best weights, each with the TTA its run was validated with (best/model.json)."""
+def load_ensemble(
+    members: list[Path], device: str | torch.device = "cpu", tta: Tta | None = None
+) -> ProbabilityEnsemble:
+    """The members' best weights, each with the TTA its run was validated with (best/model.json), or all
+    with `tta`."""
     models, ttas, classes = [], [], set()
     for member in members:
         model, meta = load_model(member, device)
         models.append(model)
-        ttas.append(Tta(meta.get("tta") or Tta.NONE.value))
+        ttas.append(Tta(tta or meta.get("tta") or Tta.NONE.value))
         classes.add(int(meta["num_classes"]))
     if len(classes) > 1:
         raise InputError(f"ensemble members disagree on the number of classes: {sorted(classes)}")

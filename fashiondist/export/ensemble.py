@@ -13,7 +13,9 @@ and the accuracy the ensemble scored, reproduced by the ONNX model:
 
 - members that share one validation split (the variants of a sweep, runs with the same data, fraction and
   split seed, e.g. `--seed 1 --split-seed 0`): the mean of the probabilities the runs themselves saved
-  (`val_predictions.npz`), judged per image under the coarsest precision among them;
+  (`val_predictions.npz`), judged per image under the coarsest precision among them; with `--tta` (every
+  member under one policy, e.g. flip-shift, rather than its run's) the PyTorch ensemble's own float32
+  predictions on that split;
 - folds (every member validated on another fold): no validation image is unseen by the whole ensemble, so it
   is measured on the private test split when the runs kept one (`--private-test`), else on the folds'
   images (in-sample: a consistency check of the file, not an accuracy estimate), against the PyTorch
@@ -35,6 +37,7 @@ from fashiondist.data.folds import private_split, run_split
 from fashiondist.data.sources import load_data
 from fashiondist.engine.distill import expand_members, load_ensemble
 from fashiondist.engine.evaluate import PREDICTIONS_FILE, model_probs
+from fashiondist.engine.run_record import find_run_record
 from fashiondist.errors import InputError
 from fashiondist.export.agreement import ValidationRecord
 from fashiondist.export.check_images import run_config
@@ -64,15 +67,29 @@ def ensemble_members(paths: list[Path], top_k: int | None = None) -> list[Path]:
     return expand_members([str(paths[0] / Path(row["run_dir"]).name) for row in rows[:top_k]])
 
 
-def _split_key(cfg: TrainConfig) -> tuple:
-    return (cfg.data, cfg.val_fraction, cfg.data_seed(), cfg.private_test, cfg.folds, cfg.fold)
+def _split_key(member: Path, cfg: TrainConfig) -> tuple:
+    """What makes a member's validation split: its data, fraction, split seed, private split and fold.
+
+    The data by the sha256 its run recorded (run.json), so one dataset named two ways (`../data/x` from
+    one directory, `/home/u/data/x` from another) is one; by the config's spec where there is no record.
+    """
+    try:
+        record = find_run_record(member)
+    except InputError:
+        record = None  # a damaged run.json: the spec still says which data
+    data = record["data"]["sha256"] if record else cfg.data
+    return (data, cfg.val_fraction, cfg.data_seed(), cfg.private_test, cfg.folds, cfg.fold)
 
 
 def _shared_validation(
-    members: list[Path], configs: list[TrainConfig], tmp: Path
+    members: list[Path], configs: list[TrainConfig], tmp: Path, ensemble: torch.nn.Module, tta: Tta | None
 ) -> tuple[np.ndarray, np.ndarray, ValidationRecord] | None:
-    """(images, labels, record) of the members' common validation split, from the runs' own predictions."""
-    if len({_split_key(c) for c in configs}) != 1 or configs[0].fold is not None:
+    """(images, labels, record) of the members' common validation split, from the runs' own predictions;
+    under another `tta` than the runs validated with, from the PyTorch ensemble's float32 predictions."""
+    if (
+        len({_split_key(m, c) for m, c in zip(members, configs, strict=True)}) != 1
+        or configs[0].fold is not None
+    ):
         return None
     if not all(
         (m.parent / PREDICTIONS_FILE).is_file() and (m.parent / SUMMARY_FILE).is_file() for m in members
@@ -80,6 +97,8 @@ def _shared_validation(
         return None  # bare checkpoints: nothing the runs measured to compare with
     data = load_data(configs[0].data)
     val_idx = run_split(data.labels, configs[0])[1]
+    if tta is not None:
+        return _pytorch_check(ensemble, data.images[val_idx], data.labels[val_idx], configs[0], tmp)
     probs, precisions = [], []
     for member in members:
         run_dir = member.parent
@@ -111,7 +130,13 @@ def _folds_check(
         index = np.sort(np.concatenate([run_split(data.labels, c)[1] for c in configs]))
         where = f"the {len(index):,} images the members validated on (in-sample for the ensemble)"
     log(f"ensemble accuracy checked on {where}")
-    images, labels = data.images[index], data.labels[index]
+    return _pytorch_check(ensemble, data.images[index], data.labels[index], cfg, tmp)
+
+
+def _pytorch_check(
+    ensemble: torch.nn.Module, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, tmp: Path
+) -> tuple[np.ndarray, np.ndarray, ValidationRecord]:
+    """(images, labels, record): the float32 PyTorch ensemble's predictions as the accuracy to reproduce."""
     probs = model_probs(ensemble, torch.as_tensor(images).unsqueeze(1), cfg.eval_batch_size).numpy()
     path = tmp / PREDICTIONS_FILE
     np.savez(path, y_true=labels, probs=probs)
@@ -123,21 +148,26 @@ def export_ensemble(
     out_path: Path,
     *,
     top_k: int | None = None,
+    tta: Tta | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ExportReport:
-    """Export the members of `paths` as one graph into `out_path` (checked; export_report.json beside it)."""
+    """Export the members of `paths` as one graph into `out_path` (checked; export_report.json beside it).
+
+    `tta`: every member under this test-time policy instead of its run's; the accuracy to reproduce is then
+    the float32 PyTorch ensemble's under it, on the same images (the runs' saved predictions used another).
+    """
     log = log or (lambda message: None)
     members = ensemble_members(paths, top_k)
     if len(members) < 2:
         raise InputError(
             f"{', '.join(map(str, paths))}: an ensemble needs at least 2 models, found {len(members)}"
         )
-    ensemble = load_ensemble(members)
+    ensemble = load_ensemble(members, tta=tta)
     metas = [json.loads((m / "model.json").read_text()) for m in members]
     configs = [run_config(m) for m in members]
     log(f"ensemble of {len(members)}: " + ", ".join(str(m.parent) for m in members))
     with tempfile.TemporaryDirectory() as tmp:
-        checks = _shared_validation(members, configs, Path(tmp)) or _folds_check(
+        checks = _shared_validation(members, configs, Path(tmp), ensemble, tta) or _folds_check(
             ensemble, configs, Path(tmp), log
         )
         images, labels, record = checks
@@ -145,10 +175,10 @@ def export_ensemble(
             {
                 "run": str(m.parent),
                 "model": meta["name"],
-                "tta": meta.get("tta") or Tta.NONE.value,
+                "tta": member_tta.value,
                 "val_acc": (meta.get("metric") or {}).get("val_acc"),
             }
-            for m, meta in zip(members, metas, strict=True)
+            for m, meta, member_tta in zip(members, metas, ensemble.ttas, strict=True)
         ]
         first = metas[0]
         meta = {
@@ -161,7 +191,9 @@ def export_ensemble(
         metadata = {
             **model_metadata(meta, Tta.NONE),
             "ensemble_members": json.dumps(listed),
-            "ensemble": "mean of the members' probabilities, each under its own tta",
+            "ensemble": "mean of the members' probabilities, each under its own tta"
+            if tta is None
+            else f"mean of the members' probabilities, each under tta {Tta(tta).value}",
         }
         report = export_model(
             ensemble, out_path, metadata=metadata, images=images, labels=labels, record=record,

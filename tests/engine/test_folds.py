@@ -150,13 +150,20 @@ def test_split_seed_fixes_the_split_and_folds_whatever_the_seed(sample):
             assert not np.array_equal(base[1], moved[1])  # without it, the seed moves the split
 
 
+def _shared_val(tiny_csv) -> np.ndarray:
+    """The validation indices of runs with split seed 0 and the module's private split."""
+    data = load_data(str(tiny_csv))
+    return run_split(data.labels, TrainConfig(data=str(tiny_csv), private_test=PRIVATE, split_seed=0))[1]
+
+
 def test_runs_with_one_split_seed_export_checked_on_their_shared_validation(tiny_csv, tmp_path):
     plain = ["train", "--model", "cnn", "--batch-size", "64", "--epochs", "1", "--quiet", "--precision", "no",
              "--data", str(tiny_csv), "--private-test", str(PRIVATE)]  # fmt: skip
     runs = {}
     for name, flags in (
         ("a", ["--seed", "0"]),
-        ("b", ["--seed", "1", "--split-seed", "0"]),
+        # the same file named by a relative path: one dataset for the split check (run.json's sha256)
+        ("b", ["--seed", "1", "--split-seed", "0", "--data", os.path.relpath(tiny_csv, REPO)]),
         ("c", ["--seed", "1"]),
     ):
         runs[name] = tmp_path / name
@@ -173,6 +180,27 @@ def test_runs_with_one_split_seed_export_checked_on_their_shared_validation(tiny
     # a different split: no validation image is unseen by both, so the private split judges the pair
     assert main(["export", str(runs["a"]), str(runs["c"]), "--out", str(tmp_path / "ac.onnx")]) == 0
     assert json.loads((tmp_path / "export_report.json").read_text())["accuracy"]["images"] == PRIVATE
+
+    # every member under flip-shift: the runs' predictions (no TTA) no longer apply; the PyTorch ensemble's
+    # own float32 predictions under the 10 views, on the same shared images, are what the file must reproduce
+    out = tmp_path / "ab-shift.onnx"
+    assert main(["export", str(runs["a"]), str(runs["b"]), "--tta", "flip-shift", "--out", str(out)]) == 0
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    members = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["ensemble_members"])
+    assert [m["tta"] for m in members] == ["flip-shift", "flip-shift"]
+    images = torch.as_tensor(load_data(str(tiny_csv)).images[_shared_val(tiny_csv)]).unsqueeze(1)
+    views = [images, images.flip(3)]
+    views = [F.pad(v, (1, 1, 1, 1))[:, :, 1 - dy : 29 - dy, 1 - dx : 29 - dx] for v in views
+             for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]  # fmt: skip
+    with torch.no_grad():
+        shifted = np.mean(
+            [load_ensemble([runs[n] / "best"])(v).softmax(1).numpy() for n in "ab" for v in views], axis=0
+        )
+    assert report["accuracy"]["images"] == len(mean) and report["accuracy"]["agrees"] is True
+    assert report["accuracy"]["run_accuracy"] == pytest.approx(
+        np.mean(shifted.argmax(1) == probs[0]["y_true"])
+    )
+    assert "unit roundoff of fp32" in report["accuracy"]["tie_margin"]  # the PyTorch ensemble's float32
 
 
 def test_a_sweeps_k_best_variants_export_as_one_graph(cv_run, tmp_path, capsys):
