@@ -38,6 +38,10 @@ def _recipe(data: Path, out: Path) -> subprocess.CompletedProcess:
     )
 
 
+def _metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
 def test_the_recipe_trains_exports_distils_and_resumes(tiny_csv, tmp_path):
     out = tmp_path / "ens"
     proc = _recipe(tiny_csv, out)
@@ -48,8 +52,11 @@ def test_the_recipe_trains_exports_distils_and_resumes(tiny_csv, tmp_path):
     assert [s["seed"] for s in seeds] == [0, 1, 0, 1] and {s["split_seed"] for s in seeds} == {0}
     y_true = [np.load(r / "val_predictions.npz")["y_true"] for r in runs]
     assert all(np.array_equal(y_true[0], y) for y in y_true[1:])
-    listed = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}["ensemble_members"]
-    assert [Path(m["run"]).name for m in json.loads(listed)] == ["wide-0", "wide-1", "convnet"]
+    listed = json.loads(_metadata(out / "model.onnx")["ensemble_members"])
+    assert [Path(m["run"]).name for m in listed] == ["wide-0", "wide-1", "convnet"]
+    assert {m["tta"] for m in listed} == {"flip-shift"} and _metadata(out / "student" / "model.onnx")[
+        "tta"
+    ] == "flip-shift"
     report = json.loads((out / "export_report.json").read_text())
     assert report["accuracy"]["agrees"] is True and report["accuracy"]["images"] == len(y_true[0])
     widths = [
