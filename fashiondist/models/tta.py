@@ -30,11 +30,6 @@ def shifted(pixels: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[:, :, 1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w]
 
 
-def tta_views(tta: Tta) -> int:
-    """How many forward passes per image the policy costs."""
-    return {Tta.NONE: 1, Tta.FLIP: 2, Tta.FLIP_SHIFT: 2 * (1 + len(_SHIFTS))}[Tta(tta)]
-
-
 def tta_probs(model: nn.Module, pixels: torch.Tensor, tta: Tta = Tta.NONE) -> torch.Tensor:
     """uint8 pixels [N, 1, H, W] -> float32 probabilities [N, K]: the mean over the policy's views.
 
