@@ -224,7 +224,9 @@ METADATA_CASES = [
                  f": metadata class_names = {json.dumps(['a'] * 10)!r} is not a JSON list of 10 distinct class names", id="names-repeat"),
     pytest.param({"class_names": "[T-shirt"}, ": metadata class_names = '[T-shirt' is not a JSON list of 10 distinct class names", id="names-not-json"),
     pytest.param({"model": " "}, ": metadata model = ' ' is not a non-empty name", id="model-blank"),
-    pytest.param({"tta": "sideways"}, ": metadata tta = 'sideways' is not one of none, flip", id="tta"),
+    pytest.param(
+        {"tta": "sideways"}, ": metadata tta = 'sideways' is not one of none, flip, flip-shift", id="tta"
+    ),
     pytest.param({"model_kwargs": "[64]"}, ": metadata model_kwargs = '[64]' is not a JSON object", id="kwargs"),
     pytest.param({"epoch": "-1"}, ": metadata epoch = '-1' is not a whole number", id="epoch"),
 ]  # fmt: skip
