@@ -15,7 +15,7 @@
 # command to run (default: fashiondist; e.g. FASHIONDIST="python -m fashiondist").
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }  # the header comment
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     usage
     exit 0
