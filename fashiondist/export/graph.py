@@ -37,7 +37,8 @@ from fashiondist.errors import FashiondistError
 from fashiondist.export.parity import PARITY_TOLERANCE, ParityRow, ParityTolerance, parity_verdict
 from fashiondist.inference.predict import predict_proba
 from fashiondist.inference.session import ModelSession
-from fashiondist.models.tta import ProbsHead
+from fashiondist.models.base import Classifier
+from fashiondist.models.tta import ProbsHead, tta_probs
 
 EXAMPLE_BATCH = 2  # torch.export specialises a dimension whose example size is 0 or 1: keep N >= 2
 PARITY_BATCH_SIZES = (1, 7, 256)
@@ -156,5 +157,28 @@ def check_parity(
         pixels = np.array(chosen).reshape(-1, *IMAGE_SHAPE)  # a writable copy, [n, 28, 28] -> [n, 1, 28, 28]
         ort_probs = predict_proba(session, pixels, batch_size)
         torch_probs = model_probs(model, torch.from_numpy(pixels), batch_size, tta).numpy()
-        rows.append(parity_verdict(torch_probs, ort_probs, batch_size, tolerance))
+        scale = logit_magnitude(model, torch.from_numpy(pixels), tta)
+        rows.append(parity_verdict(torch_probs, ort_probs, batch_size, tolerance, scale))
     return rows
+
+
+@torch.no_grad()
+def logit_magnitude(model: nn.Module, pixels: torch.Tensor, tta: Tta = Tta.NONE) -> np.ndarray:
+    """Each image's largest |logit| [N] over every classifier in `model` (an ensemble's members) and every
+    view of `tta`: the size float32 rounds the logits relative to (see export.parity)."""
+    n = len(pixels)
+    top = torch.zeros(n)
+
+    def record(module: nn.Module, inputs: Any, logits: torch.Tensor) -> None:
+        if logits.ndim == 2 and len(logits) % n == 0:  # [views x N, K], the views stacked along the batch
+            top.copy_(torch.maximum(top, logits.detach().float().abs().amax(1).reshape(-1, n).amax(0).cpu()))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, Classifier)]
+    was_training = model.training
+    try:
+        tta_probs(model.eval(), pixels, tta)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return top.numpy()

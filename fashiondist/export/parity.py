@@ -16,6 +16,13 @@ CPU) while its logits differ by only 1.1e-6 of their range: an absolute bound on
 A wrong graph differs by far more: one weight of a trained cnn changed by 1e-3 moves the implied logits by
 1e-3 to 2.4e-3 (18-27x the tolerance) and a missing normalisation by 68.
 
+The range seen through the probabilities can understate the numbers summed: classes below `_PROB_FLOOR` drop
+out, and a constant shared by every logit cancels in the softmax, yet float32 rounds each logit relative to
+its own size. A convnet trained for one epoch on 340 images has logits near 1e4 whose comparable classes
+span ~40, so its correct graph differed by 2^-10 (the spacing of float32 numbers near 1e4), 2.5-13x a
+tolerance drawn from the span. The caller that has the model passes each image's largest |logit|
+(`logit_scale`), and the tolerance is relative to the larger of the two.
+
 An fp16 graph (`export --precision fp16`) is judged against the same float32 PyTorch model with
 `FP16_PARITY_TOLERANCE`, written in fp16's unit roundoff u = 2^-11 like `export.agreement`'s tie rule. It
 cannot see a 1e-3 weight error (that is fp16's own rounding), but a missing normalisation is still ~1000x
@@ -32,7 +39,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ParityTolerance:
-    """Allowed implied logit error per image: `logit_atol + logit_rtol x` the image's logit range."""
+    """Allowed implied logit error per image: `logit_atol + logit_rtol x` the image's logit range (or its
+    largest |logit|, when that is known and larger)."""
 
     logit_rtol: float = 1e-5  # 4x the largest relative error measured across ISAs (2.6e-6), ~80 float32 ulps
     logit_atol: float = 1e-5  # 14x float32 rounding of log p (7.2e-7) for near-uniform probabilities
@@ -88,13 +96,16 @@ def parity_verdict(
     candidate: np.ndarray,
     batch_size: int,
     tolerance: ParityTolerance = PARITY_TOLERANCE,
+    logit_scale: np.ndarray | None = None,
 ) -> ParityRow:
-    """Compare two float32 probability arrays [N, K] of the same images (reference: PyTorch)."""
+    """Compare two float32 probability arrays [N, K] of the same images (reference: PyTorch); `logit_scale`
+    [N]: each image's largest |logit| in the reference model, when the caller knows it."""
     both = (reference > _PROB_FLOOR) & (candidate > _PROB_FLOOR)  # [N, K]
     log_ref = np.log(np.where(both, reference, 1.0))
     diff = np.log(np.where(both, candidate, 1.0)) - log_ref  # logit errors + a constant per image
     error = _spread(diff, both)  # [N]
-    allowed = tolerance.logit_atol + tolerance.logit_rtol * _spread(log_ref, both)  # [N]
+    scale = _spread(log_ref, both) if logit_scale is None else np.fmax(_spread(log_ref, both), logit_scale)
+    allowed = tolerance.logit_atol + tolerance.logit_rtol * scale  # [N]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(allowed > 0, error / allowed, np.where(error > 0, np.inf, 0.0))
     # A class that is comparable on one side only (0 or NaN against a real probability), or an image with no

@@ -11,11 +11,15 @@ import torch
 from trained_models import SampleSplit
 
 from fashiondist.cli.export import export_table
+from fashiondist.config import Tta
 from fashiondist.errors import FashiondistError
 from fashiondist.export import exporter
 from fashiondist.export.exporter import export_checkpoint
+from fashiondist.export.graph import logit_magnitude
 from fashiondist.export.parity import PARITY_TOLERANCE, parity_verdict
 from fashiondist.models.checkpoint import load_model
+from fashiondist.models.ensemble import ProbabilityEnsemble
+from fashiondist.models.tta import shifted
 
 # Numerics-sensitive: CI runs this module again under AVX-512 (no AMX) and AVX2 kernel holds (.ci/run).
 pytestmark = pytest.mark.numerics
@@ -54,6 +58,53 @@ def test_a_large_logit_range_passes_where_an_absolute_probability_bound_fails():
     row = parity_verdict(reference, candidate, 256)
     assert row.max_abs_diff > 1e-5  # the old bound (max |dp| <= 1e-5) refused this
     assert row.passed, row.describe()
+
+
+def test_logits_far_from_zero_are_judged_relative_to_their_size(logits: np.ndarray):
+    # A constant shared by all logits cancels in the softmax, but float32 rounds each logit relative to its
+    # size: near 1e4 that is 2^-10, far above a tolerance drawn from the ~40 the probabilities show.
+    offset = logits + 1e4
+    rounded = offset.astype(np.float32).astype(np.float64)
+    reference, candidate = _softmax(offset), _softmax(rounded)
+    assert not parity_verdict(reference, candidate, 256).passed
+    row = parity_verdict(reference, candidate, 256, logit_scale=np.abs(offset).max(1))
+    assert row.passed, row.describe()
+    wrong = rounded.copy()
+    wrong[:, 3] += 0.5  # still refused: 0.5 is 5e-5 of 1e4, five times the tolerance
+    assert not parity_verdict(reference, _softmax(wrong), 256, logit_scale=np.abs(offset).max(1)).passed
+
+
+def test_logit_magnitude_sees_every_view(trained_run: Path, split: SampleSplit):
+    model, _ = load_model(trained_run / "best")
+    model.eval()
+    pixels = torch.from_numpy(np.asarray(split.val_images[:16])).unsqueeze(1)
+    moves = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]  # flip-shift: each image and its mirror, moved so
+    with torch.no_grad():
+        top = [
+            torch.stack([model(shifted(v, dy, dx)).abs().amax(1) for dy, dx in moves]).amax(0).numpy()
+            for v in (pixels, pixels.flip(3))
+        ]
+    np.testing.assert_allclose(logit_magnitude(model, pixels, Tta.FLIP_SHIFT), np.fmax(*top), rtol=1e-6)
+    with torch.no_grad():
+        plain, mirror = (model(v).abs().amax(1).numpy() for v in (pixels, pixels.flip(3)))
+    ensemble = ProbabilityEnsemble([model, model], [Tta.NONE, Tta.FLIP])  # members' logits, each its TTA
+    np.testing.assert_allclose(logit_magnitude(ensemble, pixels), np.fmax(plain, mirror), rtol=1e-6)
+    assert not np.allclose(plain, mirror)  # the mirror's logits really count
+
+
+def test_a_model_with_a_large_logit_offset_exports(
+    trained_run: Path, split: SampleSplit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Every class's logit raised by the same large sum of the features (the probabilities do not change):
+    a correct graph whose logits float32 rounds at ~1e-3, and the export must pass it."""
+    model, meta = load_model(trained_run / "best")
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight += 1e4 / head.in_features  # one row added to every class's: a shared offset
+    monkeypatch.setattr(exporter, "load_model", lambda checkpoint: (model, meta))
+    report = export_checkpoint(trained_run, tmp_path / "model.onnx", images=split.val_images)
+    assert all(row.passed for row in report.parity), [r.describe() for r in report.parity]
+    assert max(row.max_logit_error for row in report.parity) > PARITY_TOLERANCE.logit_atol  # rounding at 1e4
 
 
 @pytest.mark.parametrize("shift", [1e-3, -1e-3])
