@@ -48,7 +48,8 @@ class ParityTolerance:
 
     def __str__(self) -> str:
         ties = "" if self.argmax_exact else " (argmax flips within it are ties)"
-        return f"implied logit error <= {self.logit_atol:g} + {self.logit_rtol:g} x logit range{ties}"
+        scale = "max(logit range, |logit|)"
+        return f"implied logit error <= {self.logit_atol:g} + {self.logit_rtol:g} x {scale}{ties}"
 
 
 PARITY_TOLERANCE = ParityTolerance()

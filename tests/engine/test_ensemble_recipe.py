@@ -1,8 +1,9 @@
 """launch/experiments/cpu-ensemble.sh, the seeds-ensemble recipe, run end to end on 340 images for one epoch.
 
-Two wide members (cpu-ensemble.yaml, seeds 0 and 1, split_seed 0) and cpu-best.yaml's convnet (seed 0) share
-one validation split, so the export checks the ensemble there; the student (seed 1, split seed 0) distils all
-three and validates on the same images; a rerun finds everything finished.
+Three members of different kinds, cpu-best.yaml's convnet (seed 0), the same with cutmix, and
+cpu-ensemble.yaml's resnet9 (seed 2, split_seed 0), share one validation split, so the export checks the
+ensemble there; the student (seed 1, split seed 0) distils all three and validates on the same images; a rerun
+finds everything finished.
 """
 
 from __future__ import annotations
@@ -46,23 +47,25 @@ def test_the_recipe_trains_exports_distils_and_resumes(tiny_csv, tmp_path):
     out = tmp_path / "ens"
     proc = _recipe(tiny_csv, out)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    members = [out / name for name in ("wide-0", "wide-1", "convnet")]
+    members = [out / name for name in ("convnet", "cutmix", "resnet9")]
     runs = [*members, out / "student"]
     seeds = [json.loads((r / "run.json").read_text())["seeds"] for r in runs]
-    assert [s["seed"] for s in seeds] == [0, 1, 0, 1] and {s["split_seed"] for s in seeds} == {0}
+    assert [s["seed"] for s in seeds] == [0, 0, 2, 1] and {s["split_seed"] for s in seeds} == {0}
     y_true = [np.load(r / "val_predictions.npz")["y_true"] for r in runs]
     assert all(np.array_equal(y_true[0], y) for y in y_true[1:])
     listed = json.loads(_metadata(out / "model.onnx")["ensemble_members"])
-    assert [Path(m["run"]).name for m in listed] == ["wide-0", "wide-1", "convnet"]
+    assert [Path(m["run"]).name for m in listed] == ["convnet", "cutmix", "resnet9"]
     assert {m["tta"] for m in listed} == {"flip-shift"} and _metadata(out / "student" / "model.onnx")[
         "tta"
     ] == "flip-shift"
     report = json.loads((out / "export_report.json").read_text())
     assert report["accuracy"]["agrees"] is True and report["accuracy"]["images"] == len(y_true[0])
-    widths = [
-        json.loads((m / "run.json").read_text())["config"]["model_kwargs"].get("width") for m in members
+    configs = [json.loads((m / "run.json").read_text())["config"] for m in members]
+    assert [(c["model"], c["cutmix"], c["model_kwargs"].get("width")) for c in configs] == [
+        ("convnet", 0.0, None),
+        ("convnet", 1.0, None),
+        ("resnet9", 0.0, 0.3),
     ]
-    assert widths == [1.5, 1.5, None]
     student = json.loads((out / "student" / "run.json").read_text())["config"]
     assert student["teacher"] == ",".join(str(m) for m in members) and student["distill_temperature"] == 2
     assert (out / "student" / "model.onnx").is_file()
