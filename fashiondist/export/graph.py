@@ -148,17 +148,20 @@ def check_parity(
 ) -> list[ParityRow]:
     """Compare `session` with eager `model` (float32, CPU, eval) on uint8 `images` [N, 28, 28].
 
-    A batch size larger than the images available repeats them (np.resize) so the size is really run.
+    A batch size larger than the images available repeats them (np.resize) so the size is really run. Each
+    size sees the first max(size, min_images) images of one set: the logits' sizes are measured once, on all.
     """
+    most = max(max(batch_sizes), min_images)
+    chosen = np.resize(images, (most, *images.shape[1:])) if len(images) < most else images[:most]
+    every = np.array(chosen).reshape(-1, *IMAGE_SHAPE)  # a writable copy, [n, 28, 28] -> [n, 1, 28, 28]
+    scale = logit_magnitude(model, torch.from_numpy(every), tta)
     rows = []
     for batch_size in batch_sizes:
         n = max(batch_size, min_images)
-        chosen = np.resize(images, (n, *images.shape[1:])) if len(images) < n else images[:n]
-        pixels = np.array(chosen).reshape(-1, *IMAGE_SHAPE)  # a writable copy, [n, 28, 28] -> [n, 1, 28, 28]
+        pixels = every[:n]
         ort_probs = predict_proba(session, pixels, batch_size)
         torch_probs = model_probs(model, torch.from_numpy(pixels), batch_size, tta).numpy()
-        scale = logit_magnitude(model, torch.from_numpy(pixels), tta)
-        rows.append(parity_verdict(torch_probs, ort_probs, batch_size, tolerance, scale))
+        rows.append(parity_verdict(torch_probs, ort_probs, batch_size, tolerance, scale[:n]))
     return rows
 
 

@@ -22,6 +22,7 @@ from fashiondist.data.folds import PRIVATE_TEST_SEED, private_split, run_split, 
 from fashiondist.data.sources import load_data
 from fashiondist.engine.distill import add_distillation, expand_members, load_ensemble
 from fashiondist.engine.evaluate import model_probs
+from fashiondist.models.tta import shifted
 from fashiondist.run_layout import TEACHER_FILE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,16 +190,15 @@ def test_runs_with_one_split_seed_export_checked_on_their_shared_validation(tiny
     members = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["ensemble_members"])
     assert [m["tta"] for m in members] == ["flip-shift", "flip-shift"]
     images = torch.as_tensor(load_data(str(tiny_csv)).images[_shared_val(tiny_csv)]).unsqueeze(1)
-    views = [images, images.flip(3)]
-    views = [F.pad(v, (1, 1, 1, 1))[:, :, 1 - dy : 29 - dy, 1 - dx : 29 - dx] for v in views
-             for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]  # fmt: skip
+    moves = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+    views = [shifted(v, dy, dx) for v in (images, images.flip(3)) for dy, dx in moves]
     with torch.no_grad():
-        shifted = np.mean(
+        ten_views = np.mean(
             [load_ensemble([runs[n] / "best"])(v).softmax(1).numpy() for n in "ab" for v in views], axis=0
         )
     assert report["accuracy"]["images"] == len(mean) and report["accuracy"]["agrees"] is True
     assert report["accuracy"]["run_accuracy"] == pytest.approx(
-        np.mean(shifted.argmax(1) == probs[0]["y_true"])
+        np.mean(ten_views.argmax(1) == probs[0]["y_true"])
     )
     assert "unit roundoff of fp32" in report["accuracy"]["tie_margin"]  # the PyTorch ensemble's float32
 
