@@ -93,6 +93,12 @@ class TrainConfig:
     teacher: str | None = None
     distill_temperature: float = 1.0
     distill_weight: float = 0.5  # share of the teacher's term in the loss; the rest is the true labels'
+    # the teacher predicts every augmented (and mixed) batch the student trains on, as the student sees it,
+    # instead of the clean images once (consistent teaching); costs a teacher forward per step
+    distill_augmented: bool = False
+    # a run or model directory whose weights start this model instead of random ones (fine-tuning, e.g. a
+    # student that starts from its own architecture's trained run); same model, kwargs and classes
+    init: str | None = None
     early_stop: int = 0  # stop after this many epochs without a better validation accuracy; 0 = off
     seed: int = 0
     # the validation split's and the folds' seed; None = `seed`. Runs with different seeds and one split_seed
@@ -276,6 +282,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.private_test >= 0, "private_test", "must be >= 0"),
         (cfg.distill_temperature > 0, "distill_temperature", "must be positive"),
         (0.0 <= cfg.distill_weight <= 1.0, "distill_weight", "must be in [0, 1]"),
+        (cfg.teacher or not cfg.distill_augmented, "distill_augmented", "needs a --teacher to distil"),
     ]
     for ok, key, problem in checks:
         if not ok:

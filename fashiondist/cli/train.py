@@ -35,7 +35,7 @@ SIGTERM or SIGUSR1 saves OUT/last at the next step and exits 0; rerun with --res
 _FLAG_KEYS = (
     "data", "epochs", "batch_size", "grad_accum", "precision", "lr", "optimizer", "schedule", "label_smoothing",
     "ema", "augment", "seed", "val_fraction", "out", "resume", "log_with", "quiet", "tta", "early_stop",
-    "compile", "mixup", "cutmix", "folds", "private_test", "teacher", "sync_bn", "split_seed",
+    "compile", "mixup", "cutmix", "folds", "private_test", "teacher", "sync_bn", "split_seed", "init",
 )  # fmt: skip
 
 
@@ -109,6 +109,11 @@ def register(subparsers) -> None:
         "--teacher",
         metavar="RUN[,RUN...]",
         help="distil these runs' averaged probabilities (a folds run: its folds)",
+    )
+    p.add_argument(
+        "--init",
+        metavar="RUN",
+        help="start from this run's best weights (same model and kwargs) instead of random ones: fine-tuning",
     )
     p.add_argument("--tta", choices=[m.value for m in Tta], help="test-time augmentation at evaluation")
     p.add_argument(

@@ -11,8 +11,11 @@ so a resumed run or a rerun reads them back. The loss (Hinton et al. 2015):
     (1 - w) x the model's own loss on the true labels (mixed and smoothed as configured)
     + w x T^2 x KL(teacher_T || softmax(logits / T)),   teacher_T = softmax(log(p_teacher) / T)
 
-T^2 keeps the soft term's gradient on the scale of the hard one as T grows. The teacher's probabilities are
-of the un-augmented images; under mixup/cutmix a mixed image gets the same mix of its two teacher rows.
+T^2 keeps the soft term's gradient on the scale of the hard one as T grows. By default the teacher's
+probabilities are of the un-augmented images, and under mixup/cutmix a mixed image gets the same mix of its
+two teacher rows. With `distill_augmented` the teacher instead predicts every batch the student trains on,
+augmented and mixed as the student sees it ("consistent teaching", Beyer et al. 2022, "Knowledge distillation:
+a good teacher is patient and consistent"): nothing is cached, and each step costs a teacher forward more.
 """
 
 from __future__ import annotations
@@ -131,5 +134,21 @@ def teacher_targets(
             log(f"teacher: probabilities read from {path}")
     acc.wait_for_everyone()
     probs = torch.as_tensor(_read_cache(path, key))
-    log_t = probs.clamp_min(torch.finfo(torch.float32).tiny).log() / cfg.distill_temperature
-    return log_t.softmax(dim=1)  # [N, K] at temperature T
+    return at_temperature(probs.clamp_min(torch.finfo(torch.float32).tiny).log(), cfg.distill_temperature)
+
+
+def at_temperature(log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(log p / T): a teacher's probabilities [b, K] (as logs) at the distillation temperature."""
+    return (log_probs.float() / temperature).softmax(dim=1)
+
+
+def augmented_teacher(acc, cfg: TrainConfig, log: Callable[[str], None]) -> ProbabilityEnsemble:
+    """The teacher that predicts each augmented batch (`distill_augmented`): the members on this process's
+    device, in eval mode, channels_last when the run trains so, without TTA (the batch is one random view
+    already); the training step runs it under the run's autocast."""
+    members = expand_members(cfg.teacher)
+    log(f"teacher: {len(members)} members predict every augmented batch (distill_augmented)")
+    ensemble = load_ensemble(members, acc.device, Tta.NONE)
+    if cfg.channels_last:
+        ensemble = ensemble.to(memory_format=torch.channels_last)
+    return ensemble.requires_grad_(False)

@@ -25,7 +25,7 @@ from fashiondist.config import Optimizer, TrainConfig
 from fashiondist.engine.allocator import keep_freed_memory
 from fashiondist.engine.batches import BatchLayout, TrainBatches
 from fashiondist.engine.batchnorm import convert_sync_batchnorm
-from fashiondist.engine.distill import add_distillation, split_targets
+from fashiondist.engine.distill import add_distillation, at_temperature, split_targets
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.mixing import MixSettings, hard_labels
 from fashiondist.engine.schedule import lr_at
@@ -152,6 +152,7 @@ class PreparedTraining:
     batches: TrainBatches
     ema: Ema | None
     switches: str = ""  # the speed switches in effect (engine.switches), for the run's first log line
+    teacher: torch.nn.Module | None = None  # predicts each batch (`distill_augmented`; engine.distill)
 
     @property
     def raw_model(self) -> torch.nn.Module:
@@ -192,6 +193,9 @@ class PreparedTraining:
         cfg, acc, optimizer = self.cfg, self.acc, self.optimizer
         with acc.accumulate(self.model):
             targets, teacher = split_targets(y)
+            if self.teacher is not None:  # the batch as the student sees it
+                with torch.no_grad(), acc.autocast():
+                    teacher = at_temperature(self.teacher(x), cfg.distill_temperature)
             loss, logits = self.model(x, targets=targets, label_smoothing=cfg.label_smoothing)
             if teacher is not None:
                 loss = add_distillation(loss, logits, teacher, cfg.distill_temperature, cfg.distill_weight)
@@ -214,14 +218,18 @@ def prepare_training(
     labels: np.ndarray,
     num_classes: int,
     weights: dict[str, torch.Tensor] | None = None,
-    teacher: torch.Tensor | None = None,
+    teacher: torch.Tensor | torch.nn.Module | None = None,
 ) -> PreparedTraining:
     """Set up one process to train `cfg.model` on uint8 `images` [N, H, W] with int64 `labels` [N].
 
     `weights` (a state dict, e.g. a resumed `last/`) replace the seeded initial ones before the model moves to
     the device, so DDP's start-up broadcast and the EMA's first copy both see them. `teacher`: float32 [N, K]
-    probabilities to distil (`engine.distill.teacher_targets`), one row per training image.
+    probabilities to distil (`engine.distill.teacher_targets`), one row per training image, or the teacher
+    itself (`engine.distill.augmented_teacher`), which then predicts every micro-batch.
     """
+    live_teacher = teacher if isinstance(teacher, torch.nn.Module) else None
+    if live_teacher is not None:
+        teacher = None  # the batches carry the labels alone
     layout = BatchLayout.of(cfg.batch_size, cfg.grad_accum, acc.num_processes)
     mixing = MixSettings(cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob)
     batches = TrainBatches(
@@ -242,7 +250,7 @@ def prepare_training(
     acc.gradient_accumulation_steps = cfg.grad_accum
     acc.step = 0  # accelerate's micro-step counter: the first window starts on a boundary
     switches = f"{describe_speed_switches(acc)}; {keep_freed_memory()}"  # before the first step allocates
-    training = PreparedTraining(cfg, acc, model, optimizer, batches, None, switches)
+    training = PreparedTraining(cfg, acc, model, optimizer, batches, None, switches, live_teacher)
     if cfg.ema > 0:
         training.ema = Ema(training.raw_model, cfg.ema)
     return training

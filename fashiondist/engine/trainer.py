@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
@@ -39,7 +40,7 @@ from fashiondist.data.folds import run_split
 from fashiondist.data.sources import Dataset
 from fashiondist.engine import run_checkpoint, run_record
 from fashiondist.engine.batchnorm import agree_on_buffers, ranks_agree
-from fashiondist.engine.distill import teacher_targets
+from fashiondist.engine.distill import augmented_teacher, teacher_targets
 from fashiondist.engine.evaluate import EvalResult, evaluate, save_predictions
 from fashiondist.engine.preemption import PreemptionWatch
 from fashiondist.engine.prepared import TrainTally, prepare_training
@@ -50,7 +51,7 @@ from fashiondist.engine.switches import speed_switches
 from fashiondist.errors import InputError
 from fashiondist.hardware import PrecisionChoice, cpu_forced, this_machine_precision, warn_once
 from fashiondist.metrics import cross_entropy
-from fashiondist.models.checkpoint import save_model
+from fashiondist.models.checkpoint import initial_weights, save_model
 from fashiondist.models.complexity import count_parameters, macs_per_image
 from fashiondist.run_layout import BEST_DIR, CONFIG_FILE, LAST_DIR, METRICS_FILE, SUMMARY_FILE
 
@@ -153,14 +154,9 @@ class Trainer:
         last = run_checkpoint.load_last(cfg.resume, self.run_dir) if cfg.resume is not None else None
         self.resumed_from = last.directory if last is not None else None
         self.state = self._start_state(last)
-        teacher = (
-            teacher_targets(accelerator, cfg, data.images[train_idx], self.run_dir, self.progress.log)
-            if cfg.teacher
-            else None
-        )
         self.prepared = prepare_training(
             cfg, accelerator, data.images[train_idx], data.labels[train_idx], self.num_classes,
-            last.weights if last is not None else None, teacher,
+            self._start_weights(last), self._teacher(accelerator, data.images[train_idx]),
         )  # fmt: skip
         self.params = count_parameters(self.raw_model)
         self.macs = macs_per_image(self.raw_model)
@@ -180,6 +176,25 @@ class Trainer:
     @property
     def raw_model(self) -> torch.nn.Module:
         return self.prepared.raw_model
+
+    def _start_weights(self, last: run_checkpoint.LastCheckpoint | None) -> dict[str, torch.Tensor] | None:
+        """What training starts from: a resumed run's last/, else `--init`'s weights, else None (random)."""
+        cfg = self.cfg
+        if last is not None:
+            return last.weights
+        if cfg.init:  # every rank reads them (DDP's start-up broadcast would copy rank 0's anyway)
+            return initial_weights(cfg.init, cfg.model, cfg.model_kwargs, self.num_classes)
+        return None
+
+    def _teacher(self, acc: Accelerator, images: np.ndarray) -> torch.Tensor | torch.nn.Module | None:
+        """What is distilled (engine.distill): the teacher's cached probabilities of the training `images`, or
+        under `distill_augmented` the teacher itself; None without `--teacher`."""
+        cfg = self.cfg
+        if not cfg.teacher:
+            return None
+        if cfg.distill_augmented:
+            return augmented_teacher(acc, cfg, self.progress.log)
+        return teacher_targets(acc, cfg, images, self.run_dir, self.progress.log)
 
     def _start_state(self, last: run_checkpoint.LastCheckpoint | None) -> RunState:
         """A fresh state, or the one in `last/` (checked against this run)."""

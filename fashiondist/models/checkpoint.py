@@ -136,3 +136,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Cl
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(f"{weights}: weights do not fit model {meta['name']!r} ({first})") from None
     return model.to(device).eval(), meta
+
+
+def initial_weights(path: str | Path, name: str, kwargs: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """The saved model at `path` (`--init`) as a state dict for a new run of model `name` with `kwargs` and
+    `num_classes`; InputError when it is another model, another shape or another number of classes."""
+    model, meta = load_model(path)
+    ours = {"model": name, "model_kwargs": kwargs, "classes": num_classes}
+    theirs = {"model": meta["name"], "model_kwargs": meta["kwargs"], "classes": meta["num_classes"]}
+    for key, value in ours.items():
+        if theirs[key] != value:
+            raise InputError(
+                f"--init {path}: the saved model has {key} {theirs[key]!r}, this run {value!r}",
+                hint=f"start from a run of the same model, or train with its {key}",
+            )
+    return model.state_dict()

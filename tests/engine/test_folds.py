@@ -266,6 +266,7 @@ def test_distillation_loss_is_hinton_kd():
         (["--folds", "2", "--models", "cnn,convnet"], "--folds trains one model per fold"),
         (["--teacher", "/nonexistent/run"], "/nonexistent/run: no such file or directory"),
         (["--mixup", "-1"], "config key 'mixup': -1.0 must be >= 0"),
+        (["--set", "distill_augmented=true"], "config key 'distill_augmented': True needs a --teacher"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, extra, message, tiny_csv):
