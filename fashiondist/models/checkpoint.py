@@ -127,7 +127,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Cl
     except InputError as err:
         raise InputError(f"{directory / META_FILE}: {err}") from None
     try:
-        state = load_file(str(weights), device=str(device))
+        # read on the CPU, then moved: safetensors refuses an indexed CPU device ("cpu:0", what accelerate
+        # gives each rank of CPU DDP), and these models are small enough that the copy costs nothing
+        state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise InputError(f"{weights}: not a readable safetensors file ({err})") from None
     try:
