@@ -2,8 +2,8 @@
 
 Three members of different kinds, cpu-best.yaml's convnet (seed 0), the same with cutmix, and
 cpu-ensemble.yaml's resnet9 (seed 2, split_seed 0), share one validation split, so the export checks the
-ensemble there; the student (seed 1, split seed 0) distils all three and validates on the same images; a rerun
-finds everything finished.
+ensemble there; the student (seed 1, split seed 0) starts from the convnet member, is taught by all three on
+its augmented batches, and validates on the same images; a rerun finds everything finished.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def test_the_recipe_trains_exports_distils_and_resumes(tiny_csv, tmp_path):
     ]
     student = json.loads((out / "student" / "run.json").read_text())["config"]
     assert student["teacher"] == ",".join(str(m) for m in members) and student["distill_temperature"] == 2
+    assert student["init"] == str(members[0]) and student["distill_augmented"] is True
     assert (out / "student" / "model.onnx").is_file()
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = _recipe(tiny_csv, out)  # everything finished: nothing trains or exports again
