@@ -35,6 +35,14 @@ TINY = [
 TIMEOUT = 240  # seconds for one launch of a few seconds' training: generous for a loaded 2-core machine
 
 
+def run_ok(cmd: list[str], timeout: float = 280) -> subprocess.CompletedProcess:
+    """Run `cmd` (a fashiondist command line, under a launcher or not) from the repo with ENV, to its end;
+    assert it exited 0 (else show its output's tail) and return it."""
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -140,7 +140,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Cl
     return model.to(device).eval(), meta
 
 
-def initial_weights(path: str | Path, name: str, kwargs: dict[str, Any], num_classes: int) -> dict[str, Any]:
+def initial_weights(
+    path: str | Path, name: str, kwargs: dict[str, Any], num_classes: int
+) -> dict[str, torch.Tensor]:
     """The saved model at `path` (`--init`) as a state dict for a new run of model `name` with `kwargs` and
     `num_classes`; InputError when it is another model, another shape or another number of classes."""
     model, meta = load_model(path)

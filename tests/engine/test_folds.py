@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from launched import run_ok
 
 from fashiondist.cli import main
 from fashiondist.config import TrainConfig
@@ -26,7 +27,6 @@ from fashiondist.models.tta import shifted
 from fashiondist.run_layout import TEACHER_FILE
 
 REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
 PRIVATE = 60
 FOLDS = [
     "--model", "cnn", "--batch-size", "64", "--epochs", "1", "--quiet", "--precision", "no",
@@ -35,10 +35,7 @@ FOLDS = [
 
 
 def _run(cmd: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    full = [*(launcher or [sys.executable, "-m"]), "fashiondist", *cmd]
-    proc = subprocess.run(full, env=ENV, capture_output=True, text=True, timeout=280, cwd=REPO)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return proc
+    return run_ok([*(launcher or [sys.executable, "-m"]), "fashiondist", *cmd])
 
 
 @pytest.fixture(scope="module")

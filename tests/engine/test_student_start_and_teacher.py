@@ -4,27 +4,22 @@ and `distill_augmented` (the teacher predicts every batch the student trains on)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launched import REPO, accelerate, free_port, run_ok
 from safetensors.torch import load_file
 
 from fashiondist.cli import main
 from fashiondist.run_layout import TEACHER_FILE
 
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONUNBUFFERED": "1"}
 TINY = ["--model", "convnet", "--batch-size", "64", "--epochs", "1", "--quiet", "--precision", "no"]
 
 
-def _train(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "fashiondist", "train", *TINY, *args]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=280, cwd=REPO)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return proc
+def _train(*args: str, launcher: tuple[str, ...] = (sys.executable, "-m")) -> subprocess.CompletedProcess:
+    return run_ok([*launcher, "fashiondist", "train", *TINY, *args])
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +59,9 @@ def test_a_run_starts_from_the_init_runs_weights(base_run, tiny_csv, tmp_path):
         (["--set", "model_kwargs.width=0.5"], "the saved model has model_kwargs {}, this run {'width': 0.5}"),
     ],
 )
-def test_init_from_another_model_is_one_line_and_exit_2(base_run, tiny_csv, tmp_path, capsys, extra, message):
+def test_init_from_another_model_is_one_line_and_exit_2(
+    base_run, tiny_csv, tmp_path, capsys, extra, message, fresh_accelerate
+):
     args = ["train", *TINY, "--data", str(tiny_csv), "--out", str(tmp_path / "r"), "--init", str(base_run)]
     args += extra
     if "--model" in extra:
@@ -76,7 +73,7 @@ def test_init_from_another_model_is_one_line_and_exit_2(base_run, tiny_csv, tmp_
     assert not (tmp_path / "r" / "best").exists()
 
 
-def test_init_from_a_missing_run_is_one_line_and_exit_2(tiny_csv, tmp_path, capsys):
+def test_init_from_a_missing_run_is_one_line_and_exit_2(tiny_csv, tmp_path, capsys, fresh_accelerate):
     args = [
         "train",
         *TINY,
@@ -93,9 +90,9 @@ def test_init_from_a_missing_run_is_one_line_and_exit_2(tiny_csv, tmp_path, caps
     assert not (tmp_path / "r" / "best").exists()
 
 
-def _student(tiny_csv, out: Path, teacher: Path, *extra: str) -> subprocess.CompletedProcess:
+def _student(tiny_csv, out: Path, teacher: Path, *extra: str, **launcher) -> subprocess.CompletedProcess:
     args = ["--data", str(tiny_csv), "--out", str(out), "--seed", "5", "--teacher", str(teacher)]
-    return _train(*args, "--set", "distill_temperature=2", "--set", "distill_weight=0.7", *extra)
+    return _train(*args, "--set", "distill_temperature=2", "--set", "distill_weight=0.7", *extra, **launcher)
 
 
 def test_an_augmented_teacher_predicts_the_batches_the_student_sees(base_run, tiny_csv, tmp_path):
@@ -132,27 +129,9 @@ def test_two_ranks_teach_and_start_a_student_as_one_process_does(base_run, tiny_
     _train("--data", str(tiny_csv), "--out", str(start), "--model", "cnn")
     student = ("--model", "cnn", "--init", str(start), "--set", f"distill_augmented={augmented}")
     _student(tiny_csv, tmp_path / "one", base_run, *student)
-    port = str(29500 + os.getpid() % 1000)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
-    launcher += [
-        str(REPO / "launch/accelerate/cpu_ddp.yaml"),
-        "--main_process_port",
-        port,
-        "-m",
-        "fashiondist",
-    ]
-    args = ["train", *TINY, "--data", str(tiny_csv), "--out", str(tmp_path / "two"), "--seed", "5"]
-    args += [
-        "--teacher",
-        str(base_run),
-        "--set",
-        "distill_temperature=2",
-        "--set",
-        "distill_weight=0.7",
-        *student,
-    ]
-    proc = subprocess.run([*launcher, *args], env=ENV, capture_output=True, text=True, timeout=280, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = str(REPO / "launch/accelerate/cpu_ddp.yaml")
+    launcher = (*accelerate("--config_file", config, "--main_process_port", str(free_port())), "-m")
+    proc = _student(tiny_csv, tmp_path / "two", base_run, *student, launcher=launcher)
     assert "32 per device x 1 accumulation x 2 process(es)" in proc.stderr
     one, two = _parameters(tmp_path / "one"), _parameters(tmp_path / "two")
     assert all((one[k] - two[k]).abs().max() < 1e-4 for k in one)
