@@ -4,6 +4,7 @@ and `distill_augmented` (the teacher predicts every batch the student trains on)
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,18 @@ def test_two_ranks_teach_and_start_a_student_as_one_process_does(base_run, tiny_
     assert "32 per device x 1 accumulation x 2 process(es)" in proc.stderr
     one, two = _parameters(tmp_path / "one"), _parameters(tmp_path / "two")
     assert all((one[k] - two[k]).abs().max() < 1e-4 for k in one)
+
+
+def test_init_from_a_damaged_model_is_one_line_and_exit_2(
+    base_run, tiny_csv, tmp_path, capsys, fresh_accelerate
+):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(base_run / "best", damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    args = ["train", *TINY, "--data", str(tiny_csv), "--out", str(tmp_path / "r"), "--init", str(damaged)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: not a readable safetensors file" in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "r" / "best").exists()
