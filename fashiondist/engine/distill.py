@@ -85,6 +85,12 @@ def load_ensemble(
     return ProbabilityEnsemble(models, ttas).eval()
 
 
+def _run_ensemble(members: list[Path], acc, cfg: TrainConfig, tta: Tta | None = None) -> ProbabilityEnsemble:
+    """The teacher on this process's device, in the memory format the run trains in (`load_ensemble`)."""
+    ensemble = load_ensemble(members, acc.device, tta)
+    return ensemble.to(memory_format=torch.channels_last) if cfg.channels_last else ensemble
+
+
 def _cache_key(members: list[Path], images: np.ndarray) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
     for member in members:
@@ -120,9 +126,7 @@ def teacher_targets(
         if _read_cache(path, key) is None:
             start = time.perf_counter()
             log(f"teacher: predicting {len(images):,} training images with {len(members)} members ...")
-            ensemble = load_ensemble(members, acc.device)
-            if cfg.channels_last:
-                ensemble = ensemble.to(memory_format=torch.channels_last)
+            ensemble = _run_ensemble(members, acc, cfg)
             # [N, 1, H, W] uint8; np.require copies a read-only array, which torch warns of on the CPU
             pixels = torch.as_tensor(np.require(images, requirements="CW"), device=acc.device).unsqueeze(1)
             probs = model_probs(ensemble, pixels, cfg.eval_batch_size).cpu().numpy()
@@ -148,7 +152,4 @@ def augmented_teacher(acc, cfg: TrainConfig, log: Callable[[str], None]) -> Prob
     already); the training step runs it under the run's autocast."""
     members = expand_members(cfg.teacher)
     log(f"teacher: {len(members)} members predict every augmented batch (distill_augmented)")
-    ensemble = load_ensemble(members, acc.device, Tta.NONE)
-    if cfg.channels_last:
-        ensemble = ensemble.to(memory_format=torch.channels_last)
-    return ensemble.requires_grad_(False)
+    return _run_ensemble(members, acc, cfg, Tta.NONE).requires_grad_(False)

@@ -53,6 +53,27 @@ def test_a_run_starts_from_the_init_runs_weights(base_run, tiny_csv, tmp_path):
     assert config["init"] == str(base_run)
 
 
+def _refused(tiny_csv, tmp_path, capsys, init: Path | str, *extra: str) -> str:
+    """Train with `--init init` in this process: exit 2, one error line and no traceback, nothing written;
+    returns that line."""
+    args = [
+        "train",
+        *TINY,
+        "--data",
+        str(tiny_csv),
+        "--out",
+        str(tmp_path / "r"),
+        "--init",
+        str(init),
+        *extra,
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "r" / "best").exists()
+    return err
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
@@ -63,32 +84,21 @@ def test_a_run_starts_from_the_init_runs_weights(base_run, tiny_csv, tmp_path):
 def test_init_from_another_model_is_one_line_and_exit_2(
     base_run, tiny_csv, tmp_path, capsys, extra, message, fresh_accelerate
 ):
-    args = ["train", *TINY, "--data", str(tiny_csv), "--out", str(tmp_path / "r"), "--init", str(base_run)]
-    args += extra
-    if "--model" in extra:
-        args[1:3] = []  # TINY's --model gives way
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert f"--init {base_run}: {message}" in err and "Traceback" not in err
-    assert err.count("\n") == 1
-    assert not (tmp_path / "r" / "best").exists()
+    assert f"--init {base_run}: {message}" in _refused(tiny_csv, tmp_path, capsys, base_run, *extra)
 
 
 def test_init_from_a_missing_run_is_one_line_and_exit_2(tiny_csv, tmp_path, capsys, fresh_accelerate):
-    args = [
-        "train",
-        *TINY,
-        "--data",
-        str(tiny_csv),
-        "--out",
-        str(tmp_path / "r"),
-        "--init",
-        "/nonexistent/run",
-    ]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "/nonexistent/run" in err and "Traceback" not in err
-    assert not (tmp_path / "r" / "best").exists()
+    assert "/nonexistent/run" in _refused(tiny_csv, tmp_path, capsys, "/nonexistent/run")
+
+
+def test_init_from_a_damaged_model_is_one_line_and_exit_2(
+    base_run, tiny_csv, tmp_path, capsys, fresh_accelerate
+):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(base_run / "best", damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    assert f"{weights}: not a readable safetensors file" in _refused(tiny_csv, tmp_path, capsys, damaged)
 
 
 def _student(tiny_csv, out: Path, teacher: Path, *extra: str, **launcher) -> subprocess.CompletedProcess:
@@ -136,18 +146,3 @@ def test_two_ranks_teach_and_start_a_student_as_one_process_does(base_run, tiny_
     assert "32 per device x 1 accumulation x 2 process(es)" in proc.stderr
     one, two = _parameters(tmp_path / "one"), _parameters(tmp_path / "two")
     assert all((one[k] - two[k]).abs().max() < 1e-4 for k in one)
-
-
-def test_init_from_a_damaged_model_is_one_line_and_exit_2(
-    base_run, tiny_csv, tmp_path, capsys, fresh_accelerate
-):
-    damaged = tmp_path / "damaged"
-    shutil.copytree(base_run / "best", damaged)
-    weights = damaged / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])  # truncated
-    args = ["train", *TINY, "--data", str(tiny_csv), "--out", str(tmp_path / "r"), "--init", str(damaged)]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert f"{weights}: not a readable safetensors file" in err and "Traceback" not in err
-    assert err.count("\n") == 1
-    assert not (tmp_path / "r" / "best").exists()
