@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
 from fashiondist.models.base import Classifier
-from fashiondist.models.layers import Dropout, ImageConv2d, keras_init, scaled
+from fashiondist.models.layers import Dropout, ImageConv2d, global_max_pool, keras_init, scaled
 from fashiondist.models.pool import MaxPool2x2, PoolReluDropoutSequential
 
 
@@ -125,5 +124,5 @@ class ConvNet(Classifier):
 
     def classify(self, z: Tensor) -> Tensor:
         z = self.blocks(z)  # [N, C, 3, 3]
-        z = torch.amax(z, dim=(2, 3))  # global max-pool: [N, C]
+        z = global_max_pool(z, self.training)  # [N, C]
         return self.head(z)

@@ -200,6 +200,21 @@ def keras_init(model: nn.Module, kernel: str = "glorot_uniform") -> nn.Module:
     return model
 
 
+def global_max_pool(z: Tensor, training: bool) -> Tensor:
+    """[N, C, H, W] -> [N, C]: each channel's largest pixel (convnet's and resnet9's global pool).
+
+    `torch.amax` (in the exported graph, ONNX ReduceMax), except when torch.compile traces training: there
+    the same values come from `max` over the flattened pixels, whose backward sends the gradient to one pixel.
+    Inductor's backward of `amax` after BatchNorm + GELU under bf16 autocast (torch 2.14.1, CPU) gave NaN
+    gradients to every layer below it, so `--compile` on a CPU with native bf16 stopped at its second step
+    with a non-finite loss (tests/engine/test_compile.py holds a compiled bf16 step finite). On ties `amax`
+    shares the gradient between the pixels and `max` gives it to one: eager training stays as it was.
+    """
+    if training and torch.compiler.is_compiling():
+        return z.flatten(2).max(dim=2).values
+    return torch.amax(z, dim=(2, 3))
+
+
 def scaled(widths: tuple[int, ...] | list[int], width: float) -> tuple[int, ...]:
     """Channel counts times a width multiplier, at least 8 each (a `width` kwarg scales a whole family)."""
     if width <= 0:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from fashiondist.constants import IMAGE_HEIGHT, IMAGE_WIDTH
 from fashiondist.models.base import Classifier
-from fashiondist.models.layers import keras_init, scaled
+from fashiondist.models.layers import global_max_pool, keras_init, scaled
 from fashiondist.models.pool import MaxPool2x2
 
 
@@ -116,5 +116,5 @@ class ResNet9(Classifier):
         self.head = nn.Linear(c3, num_classes, bias=False)
 
     def classify(self, z: Tensor) -> Tensor:
-        z = torch.amax(self.net(z), dim=(2, 3))  # global max-pool: [N, c3]
+        z = global_max_pool(self.net(z), self.training)  # [N, c3]
         return self.head(z) * 0.125
