@@ -74,6 +74,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     ema: float = 0.0  # EMA decay per optimizer step (e.g. 0.999); 0 = off
+    # sharpness-aware minimisation (engine/sam.py): the ascent's radius rho (e.g. 0.05), 0 = off; it runs from
+    # this share of the optimizer steps on (0: all of them), each step then costing about two
+    sam: float = 0.0
+    sam_start: float = 0.0
     augment: bool = True  # random horizontal flip + translation
     shift: int = 2  # max translation in pixels (pad + crop)
     erase: float = 0.0  # probability of random erasing per image
@@ -260,6 +264,8 @@ def validate(cfg: TrainConfig) -> None:
         (0.0 <= cfg.warmup_fraction < 1.0, "warmup_fraction", "must be in [0, 1)"),
         (0.0 <= cfg.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)"),
         (0.0 <= cfg.ema < 1.0, "ema", "must be in [0, 1)"),
+        (cfg.sam >= 0.0, "sam", "must be >= 0 (0 = off)"),
+        (0.0 <= cfg.sam_start < 1.0, "sam_start", "must be in [0, 1)"),
         (0.0 <= cfg.erase <= 1.0, "erase", "must be in [0, 1]"),
         (cfg.shift >= 0, "shift", "must be >= 0"),
         (cfg.dist_timeout > 0, "dist_timeout", "must be a positive number of seconds"),

@@ -35,7 +35,7 @@ SIGTERM or SIGUSR1 saves OUT/last at the next step and exits 0; rerun with --res
 _FLAG_KEYS = (
     "data", "epochs", "batch_size", "grad_accum", "precision", "lr", "optimizer", "schedule", "label_smoothing",
     "ema", "augment", "seed", "val_fraction", "out", "resume", "log_with", "quiet", "tta", "early_stop",
-    "compile", "mixup", "cutmix", "folds", "private_test", "teacher", "sync_bn", "split_seed", "init",
+    "compile", "mixup", "cutmix", "folds", "private_test", "teacher", "sync_bn", "split_seed", "init", "sam",
 )  # fmt: skip
 
 
@@ -86,6 +86,13 @@ def register(subparsers) -> None:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument(
         "--ema", type=float, metavar="DECAY", help="evaluate and save an EMA of the weights (e.g. 0.999)"
+    )
+    p.add_argument(
+        "--sam",
+        type=float,
+        metavar="RHO",
+        help="sharpness-aware minimisation with radius RHO (e.g. 0.05): each gradient taken at the worst weights "
+        "within RHO, about 2x a step; --set sam_start=0.5 keeps it to the run's second half; 0: off",
     )
     p.add_argument(
         "--augment", action=argparse.BooleanOptionalAction, default=None, help="random flip + translation"

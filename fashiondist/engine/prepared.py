@@ -4,7 +4,8 @@
 channels_last when the config asks; with SyncBatchNorm under DDP when it asks `sync_bn`), the optimizer,
 all passed through `accelerator.prepare`. `PreparedTraining.step` is one optimizer step: seed dropout per
 micro-batch, run the accumulation window's micro-batches under `accelerator.accumulate`, set the learning
-rate, clip, step, add to the running tally, update the EMA.
+rate, clip, step, add to the running tally, update the EMA; with `sam`, each micro-batch's gradient is taken
+at its sharpness-aware ascent (engine.sam).
 Under fp16 the loss scaler may skip the step (inf/NaN gradients): then the step count, and with it the
 learning rate, stays, and the EMA is not updated; `step` says whether the optimizer stepped.
 The trainer wraps it with what a run needs around it (progress bar, preemption, non-finite check,
@@ -13,6 +14,7 @@ evaluation, checkpoints); the benchmark times it as it is.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ from fashiondist.engine.batchnorm import convert_sync_batchnorm
 from fashiondist.engine.distill import add_distillation, at_temperature, split_targets
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.mixing import MixSettings, hard_labels
+from fashiondist.engine.sam import SharpnessAscent, frozen_batchnorm_statistics
 from fashiondist.engine.schedule import lr_at
 from fashiondist.engine.switches import describe_speed_switches
 from fashiondist.models.registry import create_model
@@ -153,6 +156,8 @@ class PreparedTraining:
     ema: Ema | None
     switches: str = ""  # the speed switches in effect (engine.switches), for the run's first log line
     teacher: torch.nn.Module | None = None  # predicts each batch (`distill_augmented`; engine.distill)
+    sam: SharpnessAscent | None = None  # sharpness-aware steps from optimizer step `sam_first_step` on
+    sam_first_step: int = 0
 
     @property
     def raw_model(self) -> torch.nn.Module:
@@ -196,10 +201,24 @@ class PreparedTraining:
             if self.teacher is not None:  # the batch as the student sees it
                 with torch.no_grad(), acc.autocast():
                     teacher = at_temperature(self.teacher(x), cfg.distill_temperature)
-            loss, logits = self.model(x, targets=targets, label_smoothing=cfg.label_smoothing)
-            if teacher is not None:
-                loss = add_distillation(loss, logits, teacher, cfg.distill_temperature, cfg.distill_weight)
+
+            def loss_of(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+                loss, logits = model(x, targets=targets, label_smoothing=cfg.label_smoothing)
+                if teacher is not None:
+                    loss = add_distillation(
+                        loss, logits, teacher, cfg.distill_temperature, cfg.distill_weight
+                    )
+                return loss, logits
+
+            sam = self.sam if self.sam is not None and step >= self.sam_first_step else None
+            if sam is not None:  # to w + e, BatchNorm's statistics taken at w
+                with acc.autocast():
+                    sam.ascend(lambda model: loss_of(model)[0])
+            with frozen_batchnorm_statistics(self.raw_model) if sam is not None else contextlib.nullcontext():
+                loss, logits = loss_of(self.model)
             acc.backward(loss)
+            if sam is not None:
+                sam.restore()
             if acc.sync_gradients:
                 lr = lr_at(step, self.total_steps, cfg.lr, cfg.warmup_fraction, cfg.schedule)
                 for group in optimizer.param_groups:
@@ -253,4 +272,7 @@ def prepare_training(
     training = PreparedTraining(cfg, acc, model, optimizer, batches, None, switches, live_teacher)
     if cfg.ema > 0:
         training.ema = Ema(training.raw_model, cfg.ema)
+    if cfg.sam > 0:
+        training.sam = SharpnessAscent(training.raw_model, cfg.sam)
+        training.sam_first_step = round(cfg.sam_start * training.total_steps)
     return training
