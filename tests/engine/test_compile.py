@@ -73,4 +73,7 @@ def test_a_compiled_bf16_step_has_finite_gradients(name, kwargs):
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters()), f"compiled={compiled}"
         losses.append(float(loss))
-    assert losses[1] == pytest.approx(losses[0], rel=1e-2)  # bf16 roundings apart, the same loss
+    # bf16 roundings apart, the same loss: measured 1.8e-3 (convnet) and 6e-5 (resnet9) relative on an Intel
+    # Xeon with amx_bf16; other kernels round otherwise. Two seeds' convnets differ by 4-10% (resnet9's by ~1%,
+    # so for it this only says the compiled forward is not garbage); the finite gradients above are the point
+    assert losses[1] == pytest.approx(losses[0], rel=5e-2)
