@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 # 1-thread ranks: two ranks on two cores, and the same arithmetic in every process and every launcher.
@@ -41,6 +43,15 @@ def run_ok(cmd: list[str], timeout: float = 280) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
     return proc
+
+
+def learned_parameters(run: Path) -> dict:
+    """A run's best/ learned tensors, without BatchNorm's running statistics (they move whatever the learning
+    rate): what tests compare between runs."""
+    weights = load_file(str(run / "best" / "model.safetensors"))
+    return {
+        k: v for k, v in weights.items() if not k.endswith(("running_mean", "running_var", "batches_tracked"))
+    }
 
 
 def free_port() -> int:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launched import REPO, accelerate, free_port, run_ok
-from safetensors.torch import load_file
+from launched import REPO, accelerate, free_port, learned_parameters, run_ok
 
 from fashiondist.engine.sam import SharpnessAscent, frozen_batchnorm_statistics
 
@@ -73,13 +72,6 @@ def test_a_non_finite_gradient_moves_nothing():
     sam.restore()
 
 
-def _parameters(run: Path) -> dict[str, torch.Tensor]:
-    weights = load_file(str(run / "best" / "model.safetensors"))
-    return {
-        k: v for k, v in weights.items() if not k.endswith(("running_mean", "running_var", "batches_tracked"))
-    }
-
-
 def _train(tiny_csv: Path, out: Path, *extra: str, launcher: tuple[str, ...] = (sys.executable, "-m")) -> str:
     cmd = [*launcher, "fashiondist", "train", *TINY, "--data", str(tiny_csv), "--out", str(out), *extra]
     return run_ok(cmd).stderr
@@ -93,7 +85,7 @@ def test_sam_changes_training_and_sam_start_keeps_it_to_the_last_steps(tiny_csv,
     _train(tiny_csv, tmp_path / "never", *model, "--sam", "0.05", "--set", "sam_start=0.99")
     _train(tiny_csv, tmp_path / "last", *model, "--sam", "0.05", "--set", "sam_start=0.9")
     _train(tiny_csv, tmp_path / "all", *model, "--sam", "0.05")
-    plain, never, last, every = (_parameters(tmp_path / n) for n in ("plain", "never", "last", "all"))
+    plain, never, last, every = (learned_parameters(tmp_path / n) for n in ("plain", "never", "last", "all"))
     assert all(torch.equal(plain[k], never[k]) for k in plain)
     far = {k: (plain[k] - every[k]).abs().max() for k in plain}
     assert max(far.values()) > 1e-3  # SAM's gradients are other gradients
@@ -115,8 +107,8 @@ def test_two_ranks_take_the_steps_one_process_takes_with_two_micro_batches(tiny_
     launcher = (*accelerate("--config_file", config, "--main_process_port", str(free_port())), "-m")
     log = _train(tiny_csv, tmp_path / "two", *model, *sam, launcher=launcher)
     assert "32 per device x 1 accumulation x 2 process(es)" in log
-    one, two = _parameters(tmp_path / "one"), _parameters(tmp_path / "two")
-    plain = _parameters(tmp_path / "plain")
+    one, two = learned_parameters(tmp_path / "one"), learned_parameters(tmp_path / "two")
+    plain = learned_parameters(tmp_path / "plain")
     assert all((one[k] - two[k]).abs().max() < 1e-4 for k in one)
     assert max((one[k] - plain[k]).abs().max() for k in one) > 1e-3
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launched import REPO, accelerate, free_port, run_ok
-from safetensors.torch import load_file
+from launched import REPO, accelerate, free_port, learned_parameters, run_ok
 
 from fashiondist.cli import main
 from fashiondist.run_layout import TEACHER_FILE
@@ -30,14 +29,6 @@ def base_run(tmp_path_factory, tiny_csv) -> Path:
     return out
 
 
-def _parameters(run: Path) -> dict:
-    """best/'s learned tensors (BatchNorm's running statistics move whatever the learning rate)."""
-    weights = load_file(str(run / "best" / "model.safetensors"))
-    return {
-        k: v for k, v in weights.items() if not k.endswith(("running_mean", "running_var", "batches_tracked"))
-    }
-
-
 def test_a_run_starts_from_the_init_runs_weights(base_run, tiny_csv, tmp_path):
     # another seed, so that without --init the start would be other random weights; a learning rate of 1e-12
     # moves no parameter by more than ~1e-11 in one epoch, while two random starts differ by ~0.1
@@ -45,7 +36,7 @@ def test_a_run_starts_from_the_init_runs_weights(base_run, tiny_csv, tmp_path):
     common = ("--data", str(tiny_csv), "--seed", "5", "--lr", "1e-12")
     _train(*common, "--out", str(tuned), "--init", str(base_run))
     _train(*common, "--out", str(fresh))
-    start, got, other = _parameters(base_run), _parameters(tuned), _parameters(fresh)
+    start, got, other = learned_parameters(base_run), learned_parameters(tuned), learned_parameters(fresh)
     assert got.keys() == start.keys()
     assert all((got[k] - start[k]).abs().max() < 1e-6 for k in start)
     assert any((other[k] - start[k]).abs().max() > 1e-3 for k in start)
@@ -115,14 +106,14 @@ def test_an_augmented_teacher_predicts_the_batches_the_student_sees(base_run, ti
     live = _student(tiny_csv, tmp_path / "live", base_run, *plain, "--set", "distill_augmented=true")
     assert "cached in" in cached.stderr and (tmp_path / "cached" / TEACHER_FILE).is_file()
     assert "predict every augmented batch" in live.stderr and not (tmp_path / "live" / TEACHER_FILE).exists()
-    a, b = _parameters(tmp_path / "cached"), _parameters(tmp_path / "live")
+    a, b = learned_parameters(tmp_path / "cached"), learned_parameters(tmp_path / "live")
     # the teacher's float32 probabilities differ by a few roundings between its batch of 1024 and the student's
     # of 64; the five SGD steps carry that to ~1e-6 of the weights (2e-6 on an Intel Xeon), while teaching on
     # other images moves them by ~0.1 (0.17 there): 1e-3 between the two, far from both
     assert all((a[k] - b[k]).abs().max() < 1e-3 for k in a)
     _student(tiny_csv, tmp_path / "aug-cached", base_run)
     _student(tiny_csv, tmp_path / "aug-live", base_run, "--set", "distill_augmented=true")
-    c, d = _parameters(tmp_path / "aug-cached"), _parameters(tmp_path / "aug-live")
+    c, d = learned_parameters(tmp_path / "aug-cached"), learned_parameters(tmp_path / "aug-live")
     assert any((c[k] - d[k]).abs().max() > 1e-2 for k in c)
     config = json.loads((tmp_path / "live" / "run.json").read_text())["config"]
     assert config["distill_augmented"] is True
@@ -144,5 +135,5 @@ def test_two_ranks_teach_and_start_a_student_as_one_process_does(base_run, tiny_
     launcher = (*accelerate("--config_file", config, "--main_process_port", str(free_port())), "-m")
     proc = _student(tiny_csv, tmp_path / "two", base_run, *student, launcher=launcher)
     assert "32 per device x 1 accumulation x 2 process(es)" in proc.stderr
-    one, two = _parameters(tmp_path / "one"), _parameters(tmp_path / "two")
+    one, two = learned_parameters(tmp_path / "one"), learned_parameters(tmp_path / "two")
     assert all((one[k] - two[k]).abs().max() < 1e-4 for k in one)
