@@ -30,7 +30,7 @@ from fashiondist.engine.batchnorm import convert_sync_batchnorm
 from fashiondist.engine.distill import add_distillation, at_temperature, split_targets
 from fashiondist.engine.ema import Ema
 from fashiondist.engine.mixing import MixSettings, hard_labels
-from fashiondist.engine.sam import SharpnessAscent, frozen_batchnorm_statistics
+from fashiondist.engine.sam import SharpnessAscent
 from fashiondist.engine.schedule import lr_at
 from fashiondist.engine.switches import describe_speed_switches
 from fashiondist.models.registry import create_model
@@ -156,8 +156,7 @@ class PreparedTraining:
     ema: Ema | None
     switches: str = ""  # the speed switches in effect (engine.switches), for the run's first log line
     teacher: torch.nn.Module | None = None  # predicts each batch (`distill_augmented`; engine.distill)
-    sam: SharpnessAscent | None = None  # sharpness-aware steps from optimizer step `sam_first_step` on
-    sam_first_step: int = 0
+    sam: SharpnessAscent | None = None  # sharpness-aware steps (engine.sam)
 
     @property
     def raw_model(self) -> torch.nn.Module:
@@ -210,11 +209,11 @@ class PreparedTraining:
                     )
                 return loss, logits
 
-            sam = self.sam if self.sam is not None and step >= self.sam_first_step else None
+            sam = self.sam if self.sam is not None and self.sam.applies(step) else None
             if sam is not None:  # to w + e, BatchNorm's statistics taken at w
                 with acc.autocast():
                     sam.ascend(lambda model: loss_of(model)[0])
-            with frozen_batchnorm_statistics(self.raw_model) if sam is not None else contextlib.nullcontext():
+            with sam.descent() if sam is not None else contextlib.nullcontext():
                 loss, logits = loss_of(self.model)
             acc.backward(loss)
             if sam is not None:
@@ -273,6 +272,6 @@ def prepare_training(
     if cfg.ema > 0:
         training.ema = Ema(training.raw_model, cfg.ema)
     if cfg.sam > 0:
-        training.sam = SharpnessAscent(training.raw_model, cfg.sam)
-        training.sam_first_step = round(cfg.sam_start * training.total_steps)
+        first_step = round(cfg.sam_start * training.total_steps)
+        training.sam = SharpnessAscent(training.raw_model, cfg.sam, first_step)
     return training

@@ -27,32 +27,47 @@ from torch.nn.modules.batchnorm import _BatchNorm
 _EPS = 1e-12
 
 
+def batchnorm_layers(model: torch.nn.Module) -> list[_BatchNorm]:
+    """The model's BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
 @contextlib.contextmanager
-def frozen_batchnorm_statistics(model: torch.nn.Module) -> Iterator[None]:
+def frozen_batchnorm_statistics(layers: list[_BatchNorm]) -> Iterator[None]:
     """BatchNorm still normalises by the batch's statistics, but its running ones stay as they are."""
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in layers]
-    counts = [m.num_batches_tracked.clone() for m in layers if m.num_batches_tracked is not None]
+    saved = [
+        (m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+        for m in layers
+    ]
     for m in layers:
         m.momentum = 0.0  # running = (1 - 0) x running + 0 x batch
     try:
         yield
     finally:
-        for m, momentum in zip(layers, momenta, strict=True):
+        for m, momentum, count in saved:
             m.momentum = momentum
-        tracked = [m.num_batches_tracked for m in layers if m.num_batches_tracked is not None]
-        for now, before in zip(tracked, counts, strict=True):
-            now.copy_(before)
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 class SharpnessAscent:
-    """Moves the weights to w + e for one micro-batch's descent and back to w before the optimizer steps."""
+    """Moves the weights to w + e for one micro-batch's descent and back to w before the optimizer steps, from
+    optimizer step `first_step` on."""
 
-    def __init__(self, model: torch.nn.Module, rho: float):
+    def __init__(self, model: torch.nn.Module, rho: float, first_step: int = 0):
         self.model = model  # the plain module: its parameters are the ones DDP and the optimizer hold
         self.rho = rho
+        self.first_step = first_step
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.batchnorms = batchnorm_layers(model)  # once, not per step
         self._saved: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    def applies(self, step: int) -> bool:
+        return step >= self.first_step
+
+    def descent(self) -> contextlib.AbstractContextManager[None]:
+        """Around the descent's forward: BatchNorm's running statistics stay those the ascent took at w."""
+        return frozen_batchnorm_statistics(self.batchnorms)
 
     def ascend(self, loss_of: Callable[[torch.nn.Module], torch.Tensor]) -> None:
         """Take the gradient of `loss_of(model)` (the micro-batch's loss at w) and move the weights to w + e."""
